@@ -1,0 +1,143 @@
+"""Trace a model with torch-pruning and extract coupled channel groups as plain data.
+
+Torch-pruning's `DependencyGraph` finds which channels must be removed together (residual adds, concats,
+depthwise convs, flatten into a linear layer). This module turns its groups into picklable records that name
+modules by their qualified names, so nothing downstream holds torch-pruning objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from autoprune.errors import AutopruneError
+from autoprune.nn import CUSTOM_PRUNERS
+
+OUT, IN = "out", "in"
+
+
+@dataclass
+class GroupMember:
+    """Channels of one module that belong to a group.
+
+    Attributes:
+        module: qualified module name, or "" for a functional op (add, concat...) inside the group.
+        side: "out" when the group prunes the module's output channels, "in" for its input channels.
+        root_idx: for each touched channel, the index of the group decision it belongs to.
+        channel_idx: the module's own channel index, aligned with `root_idx`.
+        node: torch-pruning node id, used to map functional ops' tensors to channels during tracing.
+    """
+
+    module: str
+    side: str
+    root_idx: np.ndarray
+    channel_idx: np.ndarray
+    node: int = -1
+
+
+@dataclass
+class TracedGroup:
+    """One set of coupled channels: `size` decisions, each removing a channel in every member."""
+
+    root: str
+    size: int
+    members: list[GroupMember] = field(default_factory=list)
+
+
+@dataclass
+class Trace:
+    """What tracing found: groups, layer-to-layer data flow, and per-module input tensor producers."""
+
+    groups: list[TracedGroup]
+    node_names: list[str]
+    """Torch-pruning node ids to names: a module's qualified name, or `op:<id>:<kind>` for a functional op."""
+    flow_edges: list[tuple[int, int]]
+    """Direct data flow between nodes (node ids)."""
+    input_producer: dict[str, int]
+    """For every leaf module, the torch-pruning node id that produced its first input (-1: the model input)."""
+    order: list[str]
+    """Modules in the order the forward pass first reached them."""
+
+
+def _is_prunable_fn(dg: tp.DependencyGraph, fn, side: str) -> bool:
+    return dg.is_out_channel_pruning_fn(fn) if side == OUT else dg.is_in_channel_pruning_fn(fn)
+
+
+def trace_groups(model: nn.Module, example_input: torch.Tensor) -> Trace:
+    """Build torch-pruning's dependency graph for `model` and return its channel groups as plain data."""
+    names = {m: n for n, m in model.named_modules()}
+    order: list[str] = []
+    input_grad_fn: dict[str, object] = {}
+
+    def record(module: nn.Module, inputs: tuple) -> None:
+        name = names[module]
+        if name not in input_grad_fn:
+            order.append(name)
+            first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+            input_grad_fn[name] = first.grad_fn if first is not None else None
+
+    leaves = [m for m in model.modules() if not list(m.children()) or type(m) in CUSTOM_PRUNERS]
+    hooks = [m.register_forward_pre_hook(record) for m in leaves]
+    try:
+        with torch.enable_grad():
+            dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_input, customized_pruners=dict(CUSTOM_PRUNERS)
+            )
+    except Exception as exc:  # torch-pruning raises many types on untraceable models
+        raise AutopruneError(
+            f"cannot trace the model with torch-pruning: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        for h in hooks:
+            h.remove()
+
+    node_ids: dict[object, int] = {}
+    node_names: list[str] = []
+    grad_fn_node: dict[object, int] = {}
+    for module, node in dg.module2node.items():
+        node_ids[node] = len(node_ids)
+        kind = type(module).__name__.strip("_").removesuffix("Op").lower()
+        node_names.append(names.get(module, f"op:{node_ids[node]}:{kind}"))
+        if node.grad_fn is not None:
+            grad_fn_node[node.grad_fn] = node_ids[node]
+
+    groups = []
+    for group in dg.get_all_groups(ignored_layers=[], root_module_types=(nn.Conv2d, nn.Conv1d, nn.Linear)):
+        groups.append(_convert_group(dg, group, names, node_ids))
+
+    flow = {(node_ids[n], node_ids[o]) for n in node_ids for o in n.outputs if o in node_ids}
+
+    producer = {}
+    for name, grad_fn in input_grad_fn.items():
+        producer[name] = grad_fn_node.get(grad_fn, -1) if grad_fn is not None else -1
+    return Trace(
+        groups=groups, node_names=node_names, flow_edges=sorted(flow), input_producer=producer, order=order
+    )
+
+
+def _convert_group(dg, group, names, node_ids) -> TracedGroup:
+    root_dep = group[0].dep
+    root_module = root_dep.target.module
+    size = len(group[0].idxs)
+    traced = TracedGroup(root=names.get(root_module, ""), size=size)
+    for item in group.items:
+        dep, idxs, root_idxs = item.dep, item.idxs, item.root_idxs
+        node = dep.target
+        side = OUT if dg.is_out_channel_pruning_fn(dep.handler) else IN
+        if side == IN and not _is_prunable_fn(dg, dep.handler, IN):
+            continue
+        keep = [k for k, r in enumerate(root_idxs) if r is not None]
+        traced.members.append(
+            GroupMember(
+                module=names.get(node.module, ""),
+                side=side,
+                root_idx=np.asarray([root_idxs[k] for k in keep], dtype=np.int64),
+                channel_idx=np.asarray([idxs[k] for k in keep], dtype=np.int64),
+                node=node_ids[node],
+            )
+        )
+    return traced
