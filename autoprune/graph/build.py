@@ -72,9 +72,7 @@ def build_channel_graph(
         for g in groups:
             g.offset = offset if g.prunable else -1
             offset += g.size if g.prunable else 0
-        flops_cost, params_cost = _costs(
-            layers, groups, trace, shapes, float(total_flops), float(total_params)
-        )
+        flops_cost, params_cost = _costs(layers, groups, trace, shapes, float(total_flops), float(total_params))
         digest, _ = fingerprint(model)
         return ChannelGraph(
             model_name=model_name,
@@ -85,9 +83,7 @@ def build_channel_graph(
             trace=trace,
             flops_cost=flops_cost,
             params_cost=params_cost,
-            channel_stats=_channel_stats(
-                model, groups, calibration if calibration is not None else example_input
-            ),
+            channel_stats=_channel_stats(model, groups, calibration if calibration is not None else example_input),
             min_channels=min_channels,
             round_to=round_to,
         )
@@ -246,12 +242,8 @@ def _costs(layers, groups, trace, shapes, total_flops, total_params) -> tuple[Bi
             pb[s] = layer.params / layer.out_channels
 
     def cost(a, b, total) -> BilinearCost:
-        in_slot, in_dec = (
-            np.concatenate(x).astype(np.int64) if x else np.zeros(0, np.int64) for x in incid[IN]
-        )
-        out_slot, out_dec = (
-            np.concatenate(x).astype(np.int64) if x else np.zeros(0, np.int64) for x in incid[OUT]
-        )
+        in_slot, in_dec = (np.concatenate(x).astype(np.int64) if x else np.zeros(0, np.int64) for x in incid[IN])
+        out_slot, out_dec = (np.concatenate(x).astype(np.int64) if x else np.zeros(0, np.int64) for x in incid[OUT])
         model = BilinearCost(in_const, out_const, in_slot, in_dec, out_slot, out_dec, a, b, 0.0)
         full = np.ones(sum(g.size for g in groups if g.prunable))
         model.constant = total - model(full)

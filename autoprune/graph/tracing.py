@@ -88,9 +88,7 @@ def trace_groups(model: nn.Module, example_input: torch.Tensor) -> Trace:
                 model, example_inputs=example_input, customized_pruners=dict(CUSTOM_PRUNERS)
             )
     except Exception as exc:  # torch-pruning raises many types on untraceable models
-        raise AutopruneError(
-            f"cannot trace the model with torch-pruning: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise AutopruneError(f"cannot trace the model with torch-pruning: {type(exc).__name__}: {exc}") from exc
     finally:
         for h in hooks:
             h.remove()
@@ -114,9 +112,7 @@ def trace_groups(model: nn.Module, example_input: torch.Tensor) -> Trace:
     producer = {}
     for name, grad_fn in input_grad_fn.items():
         producer[name] = grad_fn_node.get(grad_fn, -1) if grad_fn is not None else -1
-    return Trace(
-        groups=groups, node_names=node_names, flow_edges=sorted(flow), input_producer=producer, order=order
-    )
+    return Trace(groups=groups, node_names=node_names, flow_edges=sorted(flow), input_producer=producer, order=order)
 
 
 def _convert_group(dg, group, names, node_ids) -> TracedGroup:

@@ -1,0 +1,122 @@
+"""Resource constraints and the projection that makes any keep-mask feasible.
+
+The projection is how the constrained MDP enforces its budget (like AMC's action wall): a mask over budget
+loses its kept channels in order of lowest priority per unit of cost until it fits, never dropping a group
+below `min_channels`. The result is the feasible mask closest to the proposal under that ordering, so every
+candidate scored (by the agent or a baseline) and every final plan satisfies the constraint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from autoprune.errors import AutopruneError
+from autoprune.graph.channel_graph import ChannelGraph
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Budgets as fractions of the unpruned network; None means unconstrained.
+
+    Attributes:
+        flops: keep at most this fraction of the original MACs (e.g. 0.5).
+        params: keep at most this fraction of the original parameters.
+    """
+
+    flops: float | None = None
+    params: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in (("flops", self.flops), ("params", self.params)):
+            if value is not None and not 0 < value <= 1:
+                raise AutopruneError(f"target {name} ratio must be in (0, 1], got {value}")
+
+    def ratios(self, graph: ChannelGraph, keep: np.ndarray) -> dict[str, float]:
+        """Achieved FLOPs and parameter ratios of `keep`."""
+        return {
+            "flops": graph.flops(keep) / graph.base_flops,
+            "params": graph.params(keep) / graph.base_params,
+        }
+
+    def violation(self, graph: ChannelGraph, keep: np.ndarray) -> float:
+        """Largest relative excess over any budget (0 when feasible)."""
+        ratios = self.ratios(graph, keep)
+        excess = [ratios[k] - t for k, t in (("flops", self.flops), ("params", self.params)) if t is not None]
+        return max([0.0, *excess])
+
+    def feasible(self, graph: ChannelGraph, keep: np.ndarray) -> bool:
+        return self.violation(graph, keep) <= 1e-9
+
+
+def smallest_mask(graph: ChannelGraph, priority: np.ndarray | None = None) -> np.ndarray:
+    """The mask keeping only `min_channels` (rounded) per group: the cheapest network reachable."""
+    return graph.legalize(np.zeros(graph.num_decisions, dtype=np.int8), priority)
+
+
+def check_feasible(graph: ChannelGraph, constraints: Constraints) -> None:
+    """Raise a clear error when even the smallest reachable network breaks the budget."""
+    floor = smallest_mask(graph)
+    if not constraints.feasible(graph, floor):
+        ratios = constraints.ratios(graph, floor)
+        raise AutopruneError(
+            f"infeasible target: the smallest network reachable keeps {ratios['flops']:.1%} of FLOPs and "
+            f"{ratios['params']:.1%} of parameters (min_channels={graph.min_channels}; unprunable layers "
+            "count fully); raise the target or lower --min-channels"
+        )
+
+
+def project(
+    graph: ChannelGraph, keep: np.ndarray, constraints: Constraints, priority: np.ndarray | None = None
+) -> np.ndarray:
+    """The feasible mask obtained from `keep` by dropping its lowest-priority-per-cost channels.
+
+    Args:
+        graph: the channel graph.
+        keep: proposed 0/1 mask.
+        constraints: the budgets.
+        priority: higher means more worth keeping (default: weight L1 of the channel).
+
+    Returns:
+        A legal mask (see `ChannelGraph.legalize`) within every budget; `keep` itself if it already was.
+    """
+    priority = graph.channel_stats[:, 0] if priority is None else np.asarray(priority, dtype=np.float64)
+    keep = graph.legalize(keep, priority)
+    if constraints.feasible(graph, keep):
+        return keep
+    # Candidates: per group, the kept channels above the group's floor, cheapest-to-lose first.
+    cost = np.zeros(len(keep))
+    if constraints.flops is not None:
+        cost += graph.flops_cost.marginal(keep) / graph.base_flops
+    if constraints.params is not None:
+        cost += graph.params_cost.marginal(keep) / graph.base_params
+    value = priority / np.maximum(cost, 1e-12)
+    candidates = []
+    for g in graph.prunable_groups:
+        idx = g.offset + np.flatnonzero(keep[g.offset : g.offset + g.size])
+        floor = min(g.size, -(-graph.min_channels // graph.round_to) * graph.round_to)
+        spare = len(idx) - floor
+        if spare > 0:
+            candidates.append(idx[np.argsort(value[idx], kind="stable")[:spare]])
+    if not candidates:
+        check_feasible(graph, constraints)
+    order = np.concatenate(candidates)
+    order = order[np.argsort(value[order], kind="stable")]
+
+    def dropped(k: int) -> np.ndarray:
+        out = keep.copy()
+        out[order[:k]] = 0
+        return out
+
+    lo, hi = 0, len(order)
+    if not constraints.feasible(graph, dropped(hi)):
+        check_feasible(graph, constraints)
+        raise AutopruneError("cannot meet the budget from this mask")
+    while lo < hi:  # smallest number of drops that fits the budget
+        mid = (lo + hi) // 2
+        if constraints.feasible(graph, dropped(mid)):
+            hi = mid
+        else:
+            lo = mid + 1
+    return graph.legalize(dropped(lo), priority)
