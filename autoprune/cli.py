@@ -1,0 +1,144 @@
+"""The `autoprune` command line: parses options and calls library functions.
+
+Errors a user can cause (`AutopruneError`) print one line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+
+import click
+
+from autoprune.errors import AutopruneError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AutopruneError as exc:
+            click.echo(f"autoprune: error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("autoprune: interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="autoprune")
+def cli() -> None:
+    """Search which channels of a trained network to remove under a FLOPs/params budget."""
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
+
+
+def model_options(func):
+    """Options naming the model and its weights (shared by every command)."""
+    options = [
+        click.option("--model", default="digits_cnn", show_default=True, help="built-in name or pkg.module:factory"),
+        click.option("--weights", type=click.Path(), default=None, help="trained weights (state dict/checkpoint)"),
+        click.option("--trust-pickle", is_flag=True, help="allow weights that need full unpickling (trusted only)"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _input_shape(model: str, input_shape: str | None) -> tuple[int, ...]:
+    from autoprune.models import model_spec
+
+    if input_shape:
+        try:
+            return tuple(int(s) for s in input_shape.split(","))
+        except ValueError:
+            raise AutopruneError(f"--input-shape must look like 3,32,32, got {input_shape!r}") from None
+    spec = model_spec(model)
+    if spec is None:
+        raise AutopruneError(f"--input-shape C,H,W is needed for model {model!r}")
+    return spec.input_shape
+
+
+@cli.command()
+@model_options
+@click.option("--input-shape", default=None, help="C,H,W of one input (default: the built-in model's)")
+@click.option("--num-classes", default=10, show_default=True)
+@click.option("--ignore", multiple=True, help="module whose output channels must not be pruned (repeatable)")
+@click.option("--graph-out", type=click.Path(), default=None, help="write the channel graph as GraphML")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def info(model, weights, trust_pickle, input_shape, num_classes, ignore, graph_out, as_json) -> None:
+    """Summarise a model's channel graph: groups, prunable channels, FLOPs/params, what is not pruned and why."""
+    import time
+
+    import networkx as nx
+    import torch
+
+    from autoprune.graph import build_channel_graph
+    from autoprune.graph.features import to_networkx
+    from autoprune.models import build_model, load_weights
+
+    net = build_model(model, num_classes=num_classes)
+    if weights:
+        load_weights(net, weights, trust_pickle=trust_pickle)
+    shape = _input_shape(model, input_shape)
+    start = time.perf_counter()
+    graph = build_channel_graph(net.eval(), torch.zeros(1, *shape), model_name=model, ignore=ignore)
+    seconds = time.perf_counter() - start
+    if graph_out:
+        nx.write_graphml(to_networkx(graph), graph_out)
+    if as_json:
+        groups = [
+            {"root": g.root, "size": g.size, "prunable": g.prunable, "reason": g.reason, "modules": g.modules}
+            for g in graph.groups
+        ]
+        doc = {
+            "model": model,
+            "decisions": graph.num_decisions,
+            "flops": graph.base_flops,
+            "params": graph.base_params,
+            "groups": groups,
+            "seconds": seconds,
+        }
+        click.echo(json.dumps(doc, indent=1))
+        return
+    click.echo(graph.summary())
+    click.echo("groups (root: channels, modules touched):")
+    for g in graph.groups:
+        mark = "" if g.prunable else "  [not pruned]"
+        click.echo(f"  {g.root or g.index}: {g.size} ch, {len(g.modules)} modules{mark}")
+    click.echo(f"converted in {seconds:.2f} s")
+
+
+@cli.command()
+@click.option("--plan", "plan_path", required=True, type=click.Path(), help="plan.json written by a search")
+@model_options
+@click.option("--num-classes", default=10, show_default=True)
+@click.option("--out", required=True, type=click.Path(), help="where to write the pruned model (.pt)")
+@click.option("--onnx", "onnx_path", type=click.Path(), default=None, help="also export ONNX here")
+def apply(plan_path, model, weights, trust_pickle, num_classes, out, onnx_path) -> None:
+    """Apply a plan to a model and write the physically smaller model (and ONNX where asked)."""
+    from autoprune.export import export_onnx, save_pruned
+    from autoprune.models import build_model, load_weights
+    from autoprune.plan import Plan
+
+    plan = Plan.load(plan_path)
+    net = build_model(model, num_classes=num_classes)
+    if weights:
+        load_weights(net, weights, trust_pickle=trust_pickle)
+    pruned = plan.apply(net.eval())
+    save_pruned(out, pruned, plan, num_classes)
+    click.echo(f"wrote {out}: {plan.achieved['flops_ratio']:.1%} FLOPs, {plan.achieved['params_ratio']:.1%} params")
+    if onnx_path:
+        export_onnx(pruned, plan.input_shape, onnx_path)
+        click.echo(f"wrote {onnx_path}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")
+    cli(prog_name="autoprune")
+
+
+if __name__ == "__main__":
+    main()

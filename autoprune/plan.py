@@ -1,0 +1,197 @@
+"""Pruning plans: versioned JSON saying which channels of which module to keep, and applying them.
+
+A plan is self-contained: besides the kept indices it records the model's structure (to refuse a plan made for
+another model), the constraint, the achieved FLOPs/params and the search's metrics. The JSON Schema is
+`autoprune/schemas/plan-v1.json`; `docs/plan-format.md` shows how to apply a plan without autoprune.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+from torch import nn
+
+import autoprune
+from autoprune.constraints import Constraints
+from autoprune.errors import AutopruneError
+from autoprune.graph.channel_graph import ChannelGraph, fingerprint
+from autoprune.pruning import apply_kept_channels, is_depthwise
+
+SCHEMA_VERSION = 1
+
+
+@cache
+def plan_schema() -> dict:
+    """The JSON Schema of the current plan version."""
+    text = resources.files("autoprune").joinpath(f"schemas/plan-v{SCHEMA_VERSION}.json").read_text()
+    return json.loads(text)
+
+
+@dataclass
+class Plan:
+    """Which channels to keep per module, and everything needed to check and report it.
+
+    Attributes:
+        model_name: the model's name (built-in name, `pkg.module:factory`, or "custom").
+        fingerprint: hash of the model's structure (see `autoprune.graph.channel_graph.fingerprint`).
+        structure: `[name, type, [param shapes]]` for every module with parameters.
+        input_shape: shape of one input without the batch dimension.
+        modules: `{module: {"out": kept output channels, "in": kept input channels}}` for changed modules.
+        constraint: the budgets the search was given (`flops`, `params` ratios or None).
+        achieved: FLOPs (MACs) and params, absolute and as ratios of the unpruned model.
+        metrics: accuracies and other numbers the search measured.
+        mask: the keep decisions the plan came from (optional).
+    """
+
+    model_name: str
+    fingerprint: str
+    structure: list
+    input_shape: tuple[int, ...]
+    modules: dict[str, dict[str, list[int]]]
+    constraint: dict[str, float | None]
+    achieved: dict[str, float]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    mask: list[int] | None = None
+
+    @classmethod
+    def from_mask(
+        cls,
+        model: nn.Module,
+        graph: ChannelGraph,
+        keep: np.ndarray,
+        constraints: Constraints | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> Plan:
+        """The plan that keeps exactly the channels of `keep` in `model` (the model `graph` was built from)."""
+        keep = graph.check_mask(keep)
+        digest, structure = fingerprint(model)
+        modules = dict(named for named in model.named_modules())
+        kept = graph.kept_channels(keep)
+        for name, sides in kept.items():
+            if is_depthwise(modules[name]):
+                sides["in"] = sides["out"]
+        flops, params = graph.flops(keep), graph.params(keep)
+        constraints = constraints or Constraints()
+        return cls(
+            model_name=graph.model_name,
+            fingerprint=digest,
+            structure=structure,
+            input_shape=tuple(int(s) for s in graph.input_shape),
+            modules=kept,
+            constraint={"flops": constraints.flops, "params": constraints.params},
+            achieved={
+                "flops": flops,
+                "params": params,
+                "flops_ratio": flops / graph.base_flops,
+                "params_ratio": params / graph.base_params,
+                "base_flops": graph.base_flops,
+                "base_params": graph.base_params,
+            },
+            metrics=dict(metrics or {}),
+            mask=keep.tolist(),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (schema version `SCHEMA_VERSION`)."""
+        doc = {
+            "format": "autoprune-plan",
+            "schema_version": SCHEMA_VERSION,
+            "autoprune_version": autoprune.__version__,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": {
+                "name": self.model_name,
+                "fingerprint": self.fingerprint,
+                "input_shape": list(self.input_shape),
+                "structure": self.structure,
+            },
+            "constraint": self.constraint,
+            "achieved": self.achieved,
+            "metrics": self.metrics,
+            "modules": self.modules,
+        }
+        if self.mask is not None:
+            doc["mask"] = self.mask
+        return doc
+
+    def save(self, path: str | Path) -> Path:
+        """Write the plan as JSON (atomically)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, doc: Any, source: str = "plan") -> Plan:
+        """Validate `doc` against the schema and build the plan; AutopruneError on any problem."""
+        if not isinstance(doc, dict) or doc.get("format") != "autoprune-plan":
+            raise AutopruneError(f'{source} is not an autoprune plan (no "format": "autoprune-plan")')
+        version = doc.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise AutopruneError(
+                f"{source} has schema version {version!r}; this autoprune ({autoprune.__version__}) reads version "
+                f"{SCHEMA_VERSION}"
+            )
+        try:
+            jsonschema.validate(doc, plan_schema())
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "top level"
+            raise AutopruneError(f"{source} is invalid at {where}: {exc.message}") from None
+        model = doc["model"]
+        return cls(
+            model_name=model["name"],
+            fingerprint=model["fingerprint"],
+            structure=model["structure"],
+            input_shape=tuple(model["input_shape"]),
+            modules=doc["modules"],
+            constraint=doc["constraint"],
+            achieved=doc["achieved"],
+            metrics=doc.get("metrics", {}),
+            mask=doc.get("mask"),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        """Read and validate a plan file; a missing, truncated or invalid file gives a one-line AutopruneError."""
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise AutopruneError(f"plan file not found: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise AutopruneError(f"plan file {path} is not valid JSON (truncated or corrupt?): {exc}") from None
+        return cls.from_dict(doc, source=f"plan {path}")
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise AutopruneError unless `model` has the structure the plan was made for."""
+        digest, structure = fingerprint(model)
+        if digest == self.fingerprint:
+            return
+        ours = {entry[0]: entry for entry in structure}
+        theirs = {entry[0]: entry for entry in self.structure}
+        diff = next(
+            (n for n in list(theirs) + list(ours) if ours.get(n) != theirs.get(n)),
+            "?",
+        )
+        raise AutopruneError(
+            f"this plan was made for model {self.model_name!r} ({len(self.structure)} weighted modules), which "
+            f"differs from the given model ({len(structure)} weighted modules) first at module {diff!r}; "
+            "use the plan with the model it was made for"
+        )
+
+    def apply(self, model: nn.Module, inplace: bool = False) -> nn.Module:
+        """The physically pruned model (checked against the plan's fingerprint first)."""
+        import copy
+
+        self.check_model(model)
+        target = model if inplace else copy.deepcopy(model)
+        return apply_kept_channels(target, self.modules)

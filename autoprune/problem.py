@@ -1,0 +1,141 @@
+"""Set up a pruning problem from user options: model, weights, data, channel graph, and the score function."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.data import DataBundle, load_dataset
+from autoprune.errors import AutopruneError
+from autoprune.graph import ChannelGraph, build_channel_graph
+from autoprune.masking import MaskedEvaluator
+from autoprune.models import build_model, load_weights, model_spec
+
+
+@dataclass
+class ProblemConfig:
+    """What to prune and how candidates are scored."""
+
+    model: str = "digits_cnn"
+    """Built-in model name, `pkg.module:factory`, or `torchvision:<name>` (where torchvision is installed)."""
+    weights: str | None = None
+    """Trained weights (state dict or checkpoint); the default digits model is trained and cached if omitted."""
+    trust_pickle: bool = False
+    """Allow weights files that need full unpickling (only for files you trust)."""
+    dataset: str | None = None
+    """Dataset name or `pkg.module:factory`; default: the model's own (digits or cifar10)."""
+    data_dir: str | None = None
+    """Where the dataset's files are (cifar10: JPEG folders, their .tar.gz, or pickle batches)."""
+    device: str = "auto"
+    """`cpu`, `cuda`, `cuda:N`, or `auto` (cuda where available)."""
+    eval_samples: int = 1000
+    """Validation samples each candidate is scored on (a fixed subset of the validation split)."""
+    eval_batch_size: int = 500
+    """Batch size for scoring."""
+    recalibrate_batches: int = 0
+    """Training batches for BN recalibration before scoring each candidate (0: none)."""
+    val_size: float = 0.1
+    """Validation split carved from the training data (fraction or count)."""
+    seed: int = 0
+    """Seeds the validation split."""
+    ignore: tuple[str, ...] = ()
+    """Modules whose output channels must not be pruned (the output layer never is)."""
+    min_channels: int = 1
+    """Fewest channels any coupled group keeps."""
+    round_to: int = 1
+    """Round kept channels per group up to a multiple of this."""
+    cache_dir: str | None = None
+    """Cache for decoded data and the default model (default `$AUTOPRUNE_CACHE` or ~/.cache/autoprune)."""
+
+
+@dataclass
+class Problem:
+    """Everything a search needs, built once per process (or Ray worker)."""
+
+    config: ProblemConfig
+    model: nn.Module
+    bundle: DataBundle
+    graph: ChannelGraph
+    evaluator: MaskedEvaluator
+    device: torch.device
+    base_score: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.base_score = self.evaluator(None)
+
+    def score(self, keep: np.ndarray) -> float:
+        """Validation accuracy of the network under `keep`."""
+        return self.evaluator(keep)
+
+    def example_input(self) -> torch.Tensor:
+        return torch.zeros(1, *self.bundle.input_shape, device=self.device)
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` picks cuda where available; asking for cuda without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise AutopruneError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise AutopruneError("--device cuda was asked for, but no CUDA GPU is available here; use --device cpu")
+    return resolved
+
+
+def load_model(config: ProblemConfig, num_classes: int) -> nn.Module:
+    """The model with its trained weights (the default digits CNN is trained and cached on first use)."""
+    if config.weights is None and config.model == "digits_cnn" and (config.dataset in (None, "digits")):
+        from autoprune.training import pretrained_default
+
+        model, _ = pretrained_default(cache_dir=config.cache_dir)
+        return model
+    model = build_model(config.model, num_classes=num_classes)
+    if config.weights is not None:
+        load_weights(model, Path(config.weights), trust_pickle=config.trust_pickle)
+    else:
+        warnings.warn(f"no --weights given: pruning an untrained {config.model}", stacklevel=2)
+    return model
+
+
+def load_problem(config: ProblemConfig) -> Problem:
+    """Load model, data and graph, and set up masked scoring on the validation split."""
+    device = resolve_device(config.device)
+    spec = model_spec(config.model)
+    dataset = config.dataset or (spec.default_dataset if spec else None)
+    if dataset is None:
+        raise AutopruneError(f"--dataset is needed for model {config.model!r} (no default dataset)")
+    bundle = load_dataset(
+        dataset, data_dir=config.data_dir, val_size=config.val_size, seed=config.seed, cache_dir=config.cache_dir
+    )
+    model = load_model(config, bundle.num_classes).to(device).eval()
+    example = torch.zeros(1, *bundle.input_shape, device=device)
+    calibration = bundle.batches("train", 64, limit=64, device=device)[0][0]
+    try:
+        graph = build_channel_graph(
+            model,
+            example,
+            model_name=config.model,
+            ignore=config.ignore,
+            calibration=calibration,
+            min_channels=config.min_channels,
+            round_to=config.round_to,
+        )
+    except RuntimeError as exc:
+        raise AutopruneError(
+            f"model {config.model!r} does not accept {dataset} inputs of shape {tuple(bundle.input_shape)}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+    batches = bundle.batches("val", config.eval_batch_size, limit=config.eval_samples, device=device)
+    recal = None
+    if config.recalibrate_batches:
+        loader = bundle.loader("train", 128, shuffle=True, seed=config.seed, device=device)
+        recal = [b for _, b in zip(range(config.recalibrate_batches), loader, strict=False)]
+    evaluator = MaskedEvaluator(model, graph, batches, recal)
+    return Problem(config=config, model=model, bundle=bundle, graph=graph, evaluator=evaluator, device=device)
