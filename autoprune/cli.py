@@ -134,6 +134,145 @@ def apply(plan_path, model, weights, trust_pickle, num_classes, out, onnx_path) 
         click.echo(f"wrote {onnx_path}")
 
 
+def search_options(func):
+    """Options of `search` and `baseline`, mapped onto `SearchConfig` and `ProblemConfig`."""
+    from autoprune.search.config import SearchConfig
+
+    d = SearchConfig()
+    p = d.problem
+    options = [
+        click.option("--dataset", default=None, help="digits, cifar10, fashion-mnist or pkg.module:factory"),
+        click.option("--data-dir", type=click.Path(), default=None, help="dataset files (e.g. cifar10 .tar.gz)"),
+        click.option(
+            "--target-flops",
+            type=float,
+            default=d.target_flops,
+            show_default=True,
+            help="keep at most this fraction of FLOPs",
+        ),
+        click.option("--target-params", type=float, default=None, help="keep at most this fraction of params"),
+        click.option(
+            "--evaluations", type=int, default=d.evaluations, show_default=True, help="candidate evaluations to spend"
+        ),
+        click.option("--seed", type=int, default=d.seed, show_default=True),
+        click.option("--device", default=p.device, show_default=True, help="cpu, cuda, cuda:N or auto"),
+        click.option(
+            "--eval-samples",
+            type=int,
+            default=p.eval_samples,
+            show_default=True,
+            help="validation samples scoring each candidate",
+        ),
+        click.option(
+            "--recalibrate-batches",
+            type=int,
+            default=p.recalibrate_batches,
+            show_default=True,
+            help="BN recalibration batches before scoring each candidate",
+        ),
+        click.option("--ignore", multiple=True, help="module whose output channels are kept (repeatable)"),
+        click.option("--min-channels", type=int, default=p.min_channels, show_default=True),
+        click.option(
+            "--round-to",
+            type=int,
+            default=p.round_to,
+            show_default=True,
+            help="kept channels per group rounded up to a multiple of this",
+        ),
+        click.option(
+            "--finetune-epochs",
+            type=float,
+            default=d.finetune_epochs,
+            show_default=True,
+            help="fine-tune the pruned model after the search",
+        ),
+        click.option(
+            "--workers",
+            type=int,
+            default=d.workers,
+            show_default=True,
+            help="parallel evaluation workers (Ray actors when > 1)",
+        ),
+        click.option("--address", default=None, help="Ray cluster address (auto, ray://host:10001)"),
+        click.option("--gpus-per-worker", type=float, default=d.gpus_per_worker, show_default=True),
+        click.option("--out", type=click.Path(), default=None, help="run directory (default runs/<method>-<time>)"),
+        click.option("--quiet", is_flag=True, help="no progress bar"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return model_options(func)
+
+
+def _search_config(method: str, opts: dict):
+    import time
+
+    from autoprune.problem import ProblemConfig
+    from autoprune.search.config import SearchConfig
+
+    problem = ProblemConfig(
+        model=opts["model"], weights=opts["weights"], trust_pickle=opts["trust_pickle"], dataset=opts["dataset"],
+        data_dir=opts["data_dir"], device=opts["device"], eval_samples=opts["eval_samples"],
+        recalibrate_batches=opts["recalibrate_batches"], seed=opts["seed"], ignore=tuple(opts["ignore"]),
+        min_channels=opts["min_channels"], round_to=opts["round_to"],
+    )  # fmt: skip
+    out = opts["out"] or f"runs/{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    extra = {k: opts[k] for k in ("steps_per_episode", "rollout", "learning_rate", "tau") if k in opts}
+    return SearchConfig(
+        problem=problem, target_flops=opts["target_flops"], target_params=opts["target_params"], method=method,
+        evaluations=opts["evaluations"], seed=opts["seed"], finetune_epochs=opts["finetune_epochs"],
+        workers=opts["workers"], address=opts["address"], gpus_per_worker=opts["gpus_per_worker"], out=out, **extra,
+    )  # fmt: skip
+
+
+def _report(metrics: dict, out: str) -> None:
+    click.echo(
+        f"best: val {metrics['val_acc_pruned']:.2%} / test {metrics['test_acc_pruned']:.2%} after pruning "
+        f"(unpruned test {metrics['test_acc_unpruned']:.2%}); results in {out}"
+    )
+
+
+@cli.command()
+@search_options
+@click.option("--steps-per-episode", type=int, default=1, show_default=True,
+              help="1: one-shot masks; more: refine the last mask")  # fmt: skip
+@click.option("--rollout", type=int, default=16, show_default=True, help="evaluations per PPO update")
+@click.option("--learning-rate", type=float, default=1e-3, show_default=True)
+@click.option("--tau", type=float, default=0.01, show_default=True, help="self-competition reward temperature")
+@click.option("--resume", "resume_dir", type=click.Path(), default=None, help="continue a killed run")
+def search(resume_dir, quiet, **opts) -> None:
+    """Search which channels to prune with the GAT policy and PPO (self-competition reward)."""
+    from autoprune.search.runner import resume_search
+
+    if resume_dir:
+        metrics = resume_search(resume_dir, progress=not quiet)
+        _report(metrics, resume_dir)
+        return
+    config = _search_config("rl", opts)
+    metrics = _run(config, quiet)
+    _report(metrics, config.out)
+
+
+@cli.command()
+@click.option("--method", required=True, type=click.Choice(
+    ["l1-uniform", "global-magnitude", "global-taylor", "random-search", "random-masks"]))  # fmt: skip
+@search_options
+def baseline(method, quiet, **opts) -> None:
+    """Run a baseline (same harness and evaluation budget as `search`)."""
+    config = _search_config(method, opts)
+    metrics = _run(config, quiet)
+    _report(metrics, config.out)
+
+
+def _run(config, quiet: bool) -> dict:
+    from autoprune.search.runner import run_search
+
+    if config.workers > 1 or config.address:
+        from autoprune.distributed.search import run_distributed_search
+
+        return run_distributed_search(config, progress=not quiet)
+    return run_search(config, progress=not quiet)
+
+
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")

@@ -37,8 +37,9 @@ class ProblemConfig:
     """Validation samples each candidate is scored on (a fixed subset of the validation split)."""
     eval_batch_size: int = 500
     """Batch size for scoring."""
-    recalibrate_batches: int = 0
-    """Training batches for BN recalibration before scoring each candidate (0: none)."""
+    recalibrate_batches: int = 4
+    """Training batches (of 64) for BN recalibration before scoring each candidate (0: none). Recalibrated
+    scores track post-fine-tune accuracy far better than raw masked accuracy (EagleEye, Li et al. 2020)."""
     val_size: float = 0.1
     """Validation split carved from the training data (fraction or count)."""
     seed: int = 0
@@ -135,7 +136,7 @@ def load_problem(config: ProblemConfig) -> Problem:
     batches = bundle.batches("val", config.eval_batch_size, limit=config.eval_samples, device=device)
     recal = None
     if config.recalibrate_batches:
-        loader = bundle.loader("train", 128, shuffle=True, seed=config.seed, device=device)
+        loader = bundle.loader("train", 64, shuffle=True, seed=config.seed, device=device)
         recal = [b for _, b in zip(range(config.recalibrate_batches), loader, strict=False)]
     evaluator = MaskedEvaluator(model, graph, batches, recal)
     return Problem(config=config, model=model, bundle=bundle, graph=graph, evaluator=evaluator, device=device)

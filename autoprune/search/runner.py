@@ -1,0 +1,207 @@
+"""Run a search end to end: set up, search with the agent or a baseline, checkpoint, resume, report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from autoprune.constraints import Constraints, check_feasible
+from autoprune.errors import AutopruneError
+from autoprune.problem import Problem, load_problem
+from autoprune.search.config import SearchConfig
+from autoprune.search.report import finalize
+from autoprune.search.rundir import RunDir
+
+
+class Tracker:
+    """Numbers evaluations, keeps the best feasible mask, writes metrics and drives the progress bar."""
+
+    def __init__(
+        self, run: RunDir, total: int, done: int = 0, best: tuple[float, list] | None = None, progress: bool = True
+    ) -> None:
+        self.run = run
+        self.total = total
+        self.count = done
+        self.best_score = best[0] if best else -np.inf
+        self.best_keep = np.asarray(best[1], dtype=np.int8) if best else None
+        self.start = time.perf_counter()
+        self.elapsed_before = 0.0
+        self.bar = tqdm(total=total, initial=done, desc="search", unit="eval", disable=not progress, leave=True)
+
+    def __call__(self, record: dict[str, Any]) -> bool:
+        """Record one evaluation; returns False once the budget is spent."""
+        if self.count >= self.total:
+            return False
+        self.count += 1
+        score = float(record["score"])
+        if score > self.best_score:
+            self.best_score, self.best_keep = score, np.asarray(record["keep"], dtype=np.int8).copy()
+        row = {**record, "evaluation": self.count, "best_score": self.best_score, "seconds": self.seconds}
+        self.run.log(row)
+        self.bar.update(1)
+        feasible = "ok" if record.get("violation", 0) <= 1e-9 else "repaired"
+        self.bar.set_postfix(best=f"{self.best_score:.4f}", flops=f"{record['flops_ratio']:.3f}", proposal=feasible)
+        return self.count < self.total
+
+    @property
+    def seconds(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "evaluations": self.count,
+            "best_score": self.best_score if self.best_keep is not None else None,
+            "best_keep": self.best_keep.tolist() if self.best_keep is not None else None,
+            "seconds": self.seconds,
+        }
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_search(config: SearchConfig, progress: bool = True) -> dict[str, Any]:
+    """Start a new search in `config.out`; returns the final metrics."""
+    config.validate()
+    run = RunDir(config.out)
+    if (run.path / "config.json").exists():
+        raise AutopruneError(
+            f"{run.path} already holds a run; continue it with --resume {run.path} or choose another --out"
+        )
+    config.save(run.path / "config.json")
+    return _execute(config, run, state=None, progress=progress)
+
+
+def resume_search(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Continue a killed search from its last checkpoint; evaluations after it are redone, none duplicated."""
+    run = RunDir(run_dir)
+    config = SearchConfig.load(run.path / "config.json")
+    config.out = str(run.path)
+    return _execute(config, run, state=run.load_state(), progress=progress)
+
+
+def _execute(config: SearchConfig, run: RunDir, state: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
+    problem = load_problem(config.problem)
+    constraints = Constraints(flops=config.target_flops, params=config.target_params)
+    check_feasible(problem.graph, constraints)
+    if config.method != "rl":
+        state = None  # baselines are cheap to restart and their candidate stream is seeded
+    done = int(state["evaluations"]) if state else 0
+    best = (state["best_score"], state["best_keep"]) if state and state.get("best_keep") else None
+    run.open_metrics(keep_rows=done)
+    tracker = Tracker(run, config.evaluations, done=done, best=best, progress=progress)
+    tracker.elapsed_before = float(state["seconds"]) if state else 0.0
+    try:
+        if done < config.evaluations:
+            if config.method == "rl":
+                _search_rl(config, problem, constraints, run, tracker, state)
+            else:
+                _search_baseline(config, problem, constraints, tracker)
+        run.save_state(tracker.state())
+    finally:
+        tracker.close()
+        run.close()
+    if tracker.best_keep is None:
+        raise AutopruneError("the search made no evaluation")
+    return finalize(
+        problem,
+        constraints,
+        tracker.best_keep,
+        tracker.best_score,
+        run.path,
+        method=config.method,
+        finetune_epochs=config.finetune_epochs,
+        seed=config.seed,
+        extra={"evaluations": tracker.count, "search_seconds": round(tracker.seconds, 2)},
+    )
+
+
+def _search_baseline(config: SearchConfig, problem: Problem, constraints: Constraints, tracker: Tracker) -> None:
+    from autoprune.agents.baselines import run_baseline
+
+    run_baseline(
+        config.method,
+        problem.graph,
+        constraints,
+        _scorer_with_keep(problem, tracker),
+        budget=config.evaluations,
+        seed=config.seed,
+        model=problem.model,
+        example_input=problem.example_input(),
+        batches=problem.bundle.batches("train", 64, limit=256, device=problem.device),
+    )
+
+
+def _scorer_with_keep(problem: Problem, tracker: Tracker):
+    """The score function for baselines, recording each scored (feasible) mask in the tracker."""
+    graph = problem.graph
+
+    def score(keep: np.ndarray) -> float:
+        value = problem.score(keep)
+        ratios = {
+            "flops_ratio": graph.flops(keep) / graph.base_flops,
+            "params_ratio": graph.params(keep) / graph.base_params,
+        }
+        tracker({"score": value, "keep": keep, "violation": 0.0, **ratios})
+        return value
+
+    return score
+
+
+def _search_rl(
+    config: SearchConfig,
+    problem: Problem,
+    constraints: Constraints,
+    run: RunDir,
+    tracker: Tracker,
+    state: dict[str, Any] | None,
+) -> None:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from autoprune.agents.policy import GATPolicy
+    from autoprune.agents.ppo import EvaluationCallback, make_ppo
+    from autoprune.envs.channel_prune import ChannelPruneEnv
+
+    env = ChannelPruneEnv(
+        problem.graph,
+        problem.score,
+        constraints,
+        steps_per_episode=config.steps_per_episode,
+        tau=config.tau,
+    )
+    agent_path = run.path / "checkpoint" / "agent.zip"
+    if state and agent_path.exists():
+        env.set_state(state["env"])
+        ppo = PPO.load(agent_path, env=env, device="cpu", custom_objects={"policy_class": GATPolicy})
+    else:
+        ppo = make_ppo(
+            env,
+            seed=config.seed,
+            n_steps=config.rollout,
+            batch_size=config.rollout,
+            learning_rate=config.learning_rate,
+            tensorboard_log=None,
+        )
+
+    class Checkpoint(BaseCallback):
+        """Saves agent, env and tracker state at each rollout start (i.e. right after a PPO update)."""
+
+        def _on_rollout_start(self) -> None:
+            tmp = agent_path.with_name("agent-tmp.zip")
+            self.model.save(tmp)
+            tmp.replace(agent_path)
+            run.save_state({**tracker.state(), "env": env.get_state()})
+
+        def _on_step(self) -> bool:
+            return True
+
+    remaining = config.evaluations - tracker.count
+    ppo.learn(
+        total_timesteps=remaining,
+        callback=[Checkpoint(), EvaluationCallback(tracker)],
+        reset_num_timesteps=False,
+    )
