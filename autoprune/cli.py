@@ -225,10 +225,10 @@ def _search_config(method: str, opts: dict):
 
 
 def _report(metrics: dict, out: str) -> None:
-    click.echo(
-        f"best: val {metrics['val_acc_pruned']:.2%} / test {metrics['test_acc_pruned']:.2%} after pruning "
-        f"(unpruned test {metrics['test_acc_unpruned']:.2%}); results in {out}"
-    )
+    stages = [("pruned", "pruned"), ("recalibrated", "+ BN recalibration"), ("finetuned", "+ fine-tune")]
+    parts = [f"{label} {metrics[f'test_acc_{key}']:.2%}" for key, label in stages if f"test_acc_{key}" in metrics]
+    click.echo(f"test accuracy: unpruned {metrics['test_acc_unpruned']:.2%}, " + ", ".join(parts))
+    click.echo(f"results in {out} (plan.json, pruned.pt, summary.md, metrics.csv, tb/)")
 
 
 @cli.command()
@@ -266,10 +266,6 @@ def baseline(method, quiet, **opts) -> None:
 def _run(config, quiet: bool) -> dict:
     from autoprune.search.runner import run_search
 
-    if config.workers > 1 or config.address:
-        from autoprune.distributed.search import run_distributed_search
-
-        return run_distributed_search(config, progress=not quiet)
     return run_search(config, progress=not quiet)
 
 

@@ -109,6 +109,8 @@ def load_problem(config: ProblemConfig) -> Problem:
     """Load model, data and graph, and set up masked scoring on the validation split."""
     device = resolve_device(config.device)
     spec = model_spec(config.model)
+    if spec is None and ":" not in config.model:
+        build_model(config.model)  # raises the "unknown model" error listing what exists
     dataset = config.dataset or (spec.default_dataset if spec else None)
     if dataset is None:
         raise AutopruneError(f"--dataset is needed for model {config.model!r} (no default dataset)")
