@@ -1,0 +1,183 @@
+"""The GAT actor-critic for stable-baselines3: one keep logit per channel from its node embedding.
+
+How the pieces sit in SB3's `ActorCriticPolicy` (everything else, PPO's buffer, distribution and update, is SB3's):
+
+- `GraphFeaturesExtractor` (the features extractor) turns the Dict observation, batched by SB3 to
+  x (B, N, F), edge_index (B, 2, E), decision_index (B, D), into one PyG `Batch` of B graphs, runs `GATEncoder`,
+  and returns (B, D + 1, H): the embeddings of the D decision nodes, then the pooled graph embedding.
+- `DecisionHeads` (the `mlp_extractor`) maps each decision embedding through one shared layer (actor latent,
+  (B, D, H)) and the graph embedding through a small MLP (critic latent, (B, H)).
+- `DecisionLogits` (the action net) scores every decision node with one shared linear map plus a per-decision
+  bias: (B, D, H) -> (B, D) logits for SB3's `BernoulliDistribution`. Its parameters grow as H + D, never D²;
+  the bias starts at `init_keep_logit` so that most channels are kept at first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.distributions import BernoulliDistribution
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import Tensor, nn
+from torch_geometric.data import Batch
+
+from .gat import GATEncoder
+
+
+def batch_graphs(obs: dict[str, Tensor]) -> tuple[Batch, Tensor]:
+    """One PyG `Batch` from SB3-batched graph observations, and the global node index of every decision.
+
+    All graphs of one observation space share N and E, so batching is an offset of each graph's node indices by
+    its position times N, as `Batch.from_data_list` would do, without the Python loop.
+
+    Returns:
+        The batch (x (B·N, F), edge_index (2, B·E), batch (B·N,)), and decision node indices (B, D) into it.
+    """
+    x = obs["x"]
+    b, n, f = x.shape
+    offsets = torch.arange(b, device=x.device) * n
+    edge_index = obs["edge_index"].round().long() + offsets.view(b, 1, 1)
+    decisions = obs["decision_index"].round().long() + offsets.view(b, 1)
+    graph = Batch(
+        x=x.reshape(b * n, f),
+        edge_index=edge_index.transpose(0, 1).reshape(2, -1),
+        batch=torch.arange(b, device=x.device).repeat_interleave(n),
+        ptr=torch.arange(b + 1, device=x.device) * n,
+    )
+    return graph, decisions
+
+
+class GraphFeaturesExtractor(BaseFeaturesExtractor):
+    """Runs `GATEncoder` on the env's graph observation.
+
+    Args:
+        observation_space: the env's `spaces.Dict` with `x`, `edge_index` and `decision_index`.
+        hidden_dim: embedding width H. (default: 64)
+        num_layers: GATv2 layers. (default: 3)
+        heads: attention heads per layer. (default: 4)
+
+    Shapes:
+        - **input:** x (B, N, F), edge_index (B, 2, E), decision_index (B, D)
+        - **output:** (B, D + 1, H): decision-node embeddings, then the graph embedding
+    """
+
+    def __init__(self, observation_space: spaces.Dict, hidden_dim: int = 64, num_layers: int = 3, heads: int = 4):
+        super().__init__(observation_space, features_dim=hidden_dim)
+        self.encoder = GATEncoder(observation_space["x"].shape[-1], hidden_dim, num_layers, heads)
+
+    def forward(self, observations: dict[str, Tensor]) -> Tensor:
+        graph, decisions = batch_graphs(observations)
+        nodes, pooled = self.encoder(graph.x, graph.edge_index, graph.batch, num_graphs=decisions.size(0))
+        return torch.cat([nodes[decisions], pooled.unsqueeze(1)], dim=1)
+
+
+class DecisionHeads(nn.Module):
+    """The `mlp_extractor`: per-decision actor latents and a graph-level critic latent.
+
+    Args:
+        features_dim: H, the width of the extractor's rows.
+
+    Shapes:
+        - **input:** (B, D + 1, H) from `GraphFeaturesExtractor`
+        - **output:** actor latent (B, D, H), critic latent (B, H)
+    """
+
+    def __init__(self, features_dim: int) -> None:
+        super().__init__()
+        self.latent_dim_pi = features_dim
+        self.latent_dim_vf = features_dim
+        self.policy_net = nn.Sequential(nn.Linear(features_dim, features_dim), nn.ELU())
+        self.value_net = nn.Sequential(
+            nn.Linear(features_dim, features_dim), nn.ELU(), nn.Linear(features_dim, features_dim), nn.ELU()
+        )
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        return self.forward_actor(features), self.forward_critic(features)
+
+    def forward_actor(self, features: Tensor) -> Tensor:
+        return self.policy_net(features[:, :-1])
+
+    def forward_critic(self, features: Tensor) -> Tensor:
+        return self.value_net(features[:, -1])
+
+
+class DecisionLogits(nn.Module):
+    """The action net: a shared linear score of each decision's latent plus a learned per-decision bias.
+
+    Args:
+        latent_dim: H.
+        num_decisions: D.
+        init_logit: starting bias of every decision (1.5 keeps a channel with probability 0.82).
+
+    Shapes:
+        - **input:** (B, D, H)
+        - **output:** (B, D) logits of keeping each channel
+    """
+
+    def __init__(self, latent_dim: int, num_decisions: int, init_logit: float = 1.5) -> None:
+        super().__init__()
+        self.score = nn.Linear(latent_dim, 1, bias=False)
+        # A plain parameter rather than a Linear bias, so SB3's orthogonal init (which zeroes biases) keeps it.
+        self.bias = nn.Parameter(torch.full((num_decisions,), float(init_logit)))
+
+    def forward(self, latent: Tensor) -> Tensor:
+        return self.score(latent).squeeze(-1) + self.bias
+
+
+class DecisionBernoulli(BernoulliDistribution):
+    """SB3's Bernoulli distribution whose action net is `DecisionLogits` instead of a dense (H, D) layer."""
+
+    def __init__(self, action_dims: int, init_logit: float = 1.5) -> None:
+        super().__init__(action_dims)
+        self.init_logit = init_logit
+
+    def proba_distribution_net(self, latent_dim: int) -> nn.Module:
+        return DecisionLogits(latent_dim, self.action_dims, self.init_logit)
+
+
+class GATPolicy(ActorCriticPolicy):
+    """Actor-critic over the channel graph for `ChannelPruneEnv`; pass it as the policy of SB3's PPO.
+
+    Configure the encoder through `features_extractor_kwargs` (`hidden_dim`, `num_layers`, `heads`; see
+    `GraphFeaturesExtractor`). `net_arch` and `activation_fn` are not used: the heads are `DecisionHeads`.
+
+    Args:
+        observation_space: the env's Dict space.
+        action_space: `MultiBinary(D)`.
+        lr_schedule: learning-rate schedule (given by the algorithm).
+        init_keep_logit: initial logit of keeping each channel. (default: 1.5)
+        **kwargs: passed to `ActorCriticPolicy`.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        action_space: spaces.MultiBinary,
+        lr_schedule: Any,
+        init_keep_logit: float = 1.5,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(action_space, spaces.MultiBinary) or len(action_space.shape) != 1:
+            raise ValueError(f"GATPolicy needs a 1-D MultiBinary action space, got {action_space}")
+        self.init_keep_logit = init_keep_logit  # read by _build, which the base constructor calls
+        kwargs.setdefault("features_extractor_class", GraphFeaturesExtractor)
+        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+
+    def _build_mlp_extractor(self) -> None:
+        self.mlp_extractor = DecisionHeads(self.features_dim)
+
+    def _build(self, lr_schedule: Any) -> None:
+        self.action_dist = DecisionBernoulli(int(self.action_space.shape[0]), self.init_keep_logit)
+        super()._build(lr_schedule)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data["init_keep_logit"] = self.init_keep_logit
+        return data
+
+    def keep_logits(self, obs: dict[str, Tensor]) -> Tensor:
+        """(B, D) logits of keeping each channel, for observations already as tensors."""
+        return self.get_distribution(obs).distribution.logits

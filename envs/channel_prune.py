@@ -1,0 +1,232 @@
+"""`ChannelPruneEnv`: choosing which channels to keep under a budget, as a constrained MDP for gymnasium."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from autoprune.constraints import Constraints, check_feasible, project
+from autoprune.graph.channel_graph import ChannelGraph
+from autoprune.graph.features import GraphFeatures
+
+from .rewards import REWARDS, dual_ascent, lagrangian_penalty
+
+ScoreFn = Callable[[np.ndarray], float]
+"""Scores a feasible keep-mask (one 0/1 per decision); higher is better, e.g. `MaskedEvaluator`."""
+
+
+class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
+    """Propose a keep-mask over a network's channels; the env makes it feasible, scores it and rewards progress.
+
+    Each step is one candidate evaluation. The action is one keep (1) / prune (0) bit per decision (a coupled
+    channel). The env projects it onto the budget (`autoprune.constraints.project`), so every scored mask is
+    feasible, scores the projection with `score_fn`, and pays the competition reward of that score against the
+    best feasible score so far (see `autoprune.envs.rewards`) minus a Lagrangian penalty on how far the raw
+    proposal broke the budget. The multiplier follows dual ascent on the proposal's signed excess, so the policy
+    learns to propose feasible masks itself while the projection guarantees feasibility.
+
+    The search state (best score, best mask, multiplier, evaluation count) persists across episodes. A seeded
+    `reset` returns it to its initial value: empty, or whatever the last `set_state` loaded (so a resumed search
+    survives the seeded reset a learner makes at its start, and a seeded reset followed by the same actions is
+    reproducible).
+
+    Observation (`spaces.Dict`, fixed sizes per network):
+        x: (N, F) float32 node features of the current mask (`GraphFeatures.node_features`).
+        edge_index: (2, E) node indices of the edges, as float32 (cast back to long by the policy).
+        decision_index: (D,) node index of each decision, as float32.
+
+    Action: `MultiBinary(D)`.
+
+    Info: `score`, `flops_ratio`, `params_ratio` (of the projected mask `keep`), `violation` (of the raw
+    proposal), `keep`, `best_score`, `lagrange` (after this step's update), `evaluations`, `proposal_flops_ratio`.
+
+    Args:
+        graph: the network's channel graph.
+        score_fn: scores a feasible keep-mask; called once per step.
+        constraints: the budgets (at least one reachable; checked here).
+        steps_per_episode: steps per episode: 1 proposes one full mask from the unpruned state; more refine it,
+            each observation carrying the last projected mask.
+        reward: a name in `autoprune.envs.rewards.REWARDS` ("self_competition" or "sign").
+        tau: temperature of the self-competition reward, in score units.
+        lagrange_lr: dual-ascent step size of the multiplier.
+        priority: per-decision priority for the projection (higher survives; default weight L1).
+
+    Version History:
+        v0: initial version.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+    def __init__(
+        self,
+        graph: ChannelGraph,
+        score_fn: ScoreFn,
+        constraints: Constraints,
+        steps_per_episode: int = 1,
+        reward: str = "self_competition",
+        tau: float = 0.01,
+        lagrange_lr: float = 0.05,
+        priority: np.ndarray | None = None,
+    ) -> None:
+        if steps_per_episode < 1:
+            raise ValueError(f"steps_per_episode must be at least 1, got {steps_per_episode}")
+        if reward not in REWARDS:
+            raise ValueError(f"unknown reward {reward!r}; choose from {sorted(REWARDS)}")
+        if tau <= 0 or lagrange_lr < 0:
+            raise ValueError("tau must be positive and lagrange_lr non-negative")
+        if graph.num_decisions == 0:
+            raise ValueError("the graph has no prunable channels")
+        check_feasible(graph, constraints)
+        self.graph = graph
+        self.score_fn = score_fn
+        self.constraints = constraints
+        self.steps_per_episode = steps_per_episode
+        self.reward_name = reward
+        self._competition = REWARDS[reward]
+        self.tau = tau
+        self.lagrange_lr = lagrange_lr
+        self.priority = priority
+        self.features = GraphFeatures(graph)
+        self.target = constraints.flops if constraints.flops is not None else 1.0
+
+        n, d = self.features.num_nodes, graph.num_decisions
+        static = self.features.static
+        self._edge_index = self.features.edge_index.astype(np.float32)
+        self._decision_index = self.features.decision_nodes.astype(np.float32)
+        self.observation_space = spaces.Dict(
+            {
+                # Mask-dependent columns (keep, flops_ratio, target) lie in [0, 1]; the rest are static.
+                "x": spaces.Box(np.minimum(static, 0.0), np.maximum(static, 1.0), dtype=np.float32),
+                "edge_index": spaces.Box(0, n - 1, shape=self._edge_index.shape, dtype=np.float32),
+                "decision_index": spaces.Box(0, n - 1, shape=(d,), dtype=np.float32),
+            }
+        )
+        self.action_space = spaces.MultiBinary(d)
+
+        self._initial = self._fresh_state()
+        self._restore(self._initial)
+        self._keep = graph.full_mask()
+        self._steps = 0
+
+    # -- gymnasium API -------------------------------------------------------------------------------------
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        if seed is not None:
+            self._restore(self._initial)
+        self._keep = self.graph.full_mask()
+        self._steps = 0
+        return self._observation(), {"evaluations": self._evaluations}
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        if self._steps >= self.steps_per_episode:
+            raise RuntimeError("the episode is over; call reset()")
+        proposal = np.asarray(action)
+        if proposal.shape != (self.graph.num_decisions,):
+            raise ValueError(f"action has shape {proposal.shape}, expected ({self.graph.num_decisions},)")
+        proposal = (proposal > 0.5).astype(np.int8)
+
+        proposal_ratios = self.constraints.ratios(self.graph, proposal)
+        violation = self.constraints.violation(self.graph, proposal)
+        keep = project(self.graph, proposal, self.constraints, self.priority)
+        score = float(self.score_fn(keep))
+
+        reward = self._competition(score, self._best_score, self.tau) - lagrangian_penalty(violation, self._lagrange)
+        self._lagrange = dual_ascent(self._lagrange, self._excess(proposal_ratios), self.lagrange_lr)
+        self._evaluations += 1
+        if self._best_score is None or score > self._best_score:
+            self._best_score = score
+        if self._best_keep_score is None or score > self._best_keep_score:
+            self._best_keep, self._best_keep_score = keep.copy(), score
+
+        self._keep = keep
+        self._steps += 1
+        ratios = self.constraints.ratios(self.graph, keep)
+        info = {
+            "score": score,
+            "flops_ratio": ratios["flops"],
+            "params_ratio": ratios["params"],
+            "violation": violation,
+            "keep": keep.copy(),
+            "best_score": self._best_score,
+            "lagrange": self._lagrange,
+            "evaluations": self._evaluations,
+            "proposal_flops_ratio": proposal_ratios["flops"],
+        }
+        return self._observation(), float(reward), self._steps >= self.steps_per_episode, False, info
+
+    # -- search state --------------------------------------------------------------------------------------
+    @property
+    def best_score(self) -> float | None:
+        """The best score the reward competes against (this env's, or a higher one given to `set_best`)."""
+        return self._best_score
+
+    @property
+    def best_keep(self) -> np.ndarray | None:
+        """The best mask this env evaluated itself."""
+        return None if self._best_keep is None else self._best_keep.copy()
+
+    @property
+    def lagrange(self) -> float:
+        return self._lagrange
+
+    @property
+    def evaluations(self) -> int:
+        return self._evaluations
+
+    def set_best(self, score: float) -> None:
+        """Raise the best score to `score` (a global best from parallel searches); a lower score is ignored."""
+        if self._best_score is None or score > self._best_score:
+            self._best_score = float(score)
+
+    def get_state(self) -> dict[str, Any]:
+        """The search state as JSON-ready values: `best_score`, `best_keep`, `best_keep_score`, `lagrange`,
+        `evaluations`."""
+        return {
+            "best_score": self._best_score,
+            "best_keep": None if self._best_keep is None else self._best_keep.astype(int).tolist(),
+            "best_keep_score": self._best_keep_score,
+            "lagrange": self._lagrange,
+            "evaluations": self._evaluations,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Load a state from `get_state`; it also becomes what a seeded `reset` returns to."""
+        best_keep = state.get("best_keep")
+        self._initial = {
+            "best_score": None if state.get("best_score") is None else float(state["best_score"]),
+            "best_keep": None if best_keep is None else self.graph.check_mask(np.asarray(best_keep)),
+            "best_keep_score": None if state.get("best_keep_score") is None else float(state["best_keep_score"]),
+            "lagrange": float(state.get("lagrange", 0.0)),
+            "evaluations": int(state.get("evaluations", 0)),
+        }
+        self._restore(self._initial)
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _fresh_state() -> dict[str, Any]:
+        return {"best_score": None, "best_keep": None, "best_keep_score": None, "lagrange": 0.0, "evaluations": 0}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self._best_score = state["best_score"]
+        self._best_keep = None if state["best_keep"] is None else state["best_keep"].copy()
+        self._best_keep_score = state["best_keep_score"]
+        self._lagrange = state["lagrange"]
+        self._evaluations = state["evaluations"]
+
+    def _excess(self, ratios: dict[str, float]) -> float:
+        """Largest signed relative excess over a budget (negative when every budget has room; 0 if none)."""
+        budgets = (("flops", self.constraints.flops), ("params", self.constraints.params))
+        return max((ratios[k] - t for k, t in budgets if t is not None), default=0.0)
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        return {
+            "x": self.features.node_features(self._keep, self.target),
+            "edge_index": self._edge_index.copy(),
+            "decision_index": self._decision_index.copy(),
+        }
