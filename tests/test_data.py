@@ -99,12 +99,22 @@ def test_loader_normalises_and_shuffles_by_seed() -> None:
     assert sorted(torch.cat(first).tolist()) == sorted(bundle.train.labels.tolist())
 
 
-def test_batches_take_the_head_of_a_split() -> None:
+def test_batches_draw_a_fixed_random_subset_of_a_split() -> None:
     bundle = load_dataset("digits")
     batches = bundle.batches("val", 32, limit=70)
     assert [len(y) for _, y in batches] == [32, 32, 6]
-    assert torch.equal(torch.cat([y for _, y in batches]), bundle.val.labels[:70])
+    again = torch.cat([y for _, y in bundle.batches("val", 70, limit=70)])
+    assert torch.equal(torch.cat([y for _, y in batches]), again)
     assert sum(len(y) for _, y in bundle.batches("test", 64)) == 359
+
+
+def test_limited_batches_of_a_class_ordered_split_cover_all_classes() -> None:
+    labels = torch.arange(10).repeat_interleave(50)  # sorted by class, like CIFAR-10's class folders
+    images = torch.zeros(500, 1, 2, 2, dtype=torch.uint8)
+    split = Split(images, labels)
+    bundle = DataBundle("sorted", 10, (1, 2, 2), split, split, split, mean=(0.5,), std=(0.5,))
+    picked = torch.cat([y for _, y in bundle.batches("val", 100, limit=100)])
+    assert len(picked.unique()) == 10
 
 
 def rgb_bundle(n: int = 6) -> DataBundle:

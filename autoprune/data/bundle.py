@@ -123,19 +123,24 @@ class DataBundle:
     def batches(
         self, split: str, batch_size: int, limit: int | None = None, device: str | torch.device | None = None
     ) -> list[tuple[Tensor, Tensor]]:
-        """Normalised batches of the first `limit` samples of a split (all if None), made once for re-use.
+        """Normalised batches of `limit` samples of a split (all if None), made once for re-use.
+
+        Sources such as CIFAR-10's class folders are ordered by class, so a subset is drawn at random with a
+        fixed seed (the same samples every call), never the first `limit`.
 
         Args:
             split: `train`, `val` or `test`.
             batch_size: samples per batch.
-            limit: how many samples, from the start of the split, to include.
+            limit: how many samples to include.
             device: where the batches are kept.
         """
         images, labels = self.split(split)
         if limit is not None:
             if limit < 0:
                 raise AutopruneError(f"limit must not be negative, got {limit}")
-            images, labels = images[:limit], labels[:limit]
+            if limit < len(labels):
+                subset = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:limit]
+                images, labels = images[subset.sort().values], labels[subset.sort().values]
         head = BatchLoader(self, Split(images, labels), batch_size, False, False, 0, device, False)
         return list(head)
 
