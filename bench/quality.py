@@ -1,0 +1,134 @@
+"""Quality study: at the same evaluation budget, which method finds the best plan?
+
+Runs every (method, target, seed) as a normal `autoprune` search into its own run directory (skipping runs that
+already finished, so the study resumes), then writes a markdown table of mean ± std over seeds.
+
+    python bench/quality.py --model resnet20 --weights ../shared/models/resnet20-cifar10jpeg.pt \
+        --data-dir ../shared/data/cifar10-jpeg.tar.gz --targets 0.5 --seeds 0 1 2 --evaluations 48
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from autoprune.problem import ProblemConfig
+from autoprune.search.config import SearchConfig
+from autoprune.search.runner import run_search
+
+METHODS = ["rl", "random-search", "random-masks", "l1-uniform", "global-magnitude"]
+COLUMNS = [
+    ("val_acc_pruned", "val pruned"),
+    ("val_acc_recalibrated", "val +BN"),
+    ("test_acc_pruned", "test pruned"),
+    ("test_acc_recalibrated", "test +BN"),
+    ("test_acc_finetuned", "test +FT"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--weights", required=True)
+    parser.add_argument("--dataset", default="cifar10")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--targets", nargs="+", type=float, default=[0.5])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--evaluations", type=int, default=48)
+    parser.add_argument("--eval-samples", type=int, default=1000)
+    parser.add_argument("--finetune-epochs", type=float, default=0.1)
+    parser.add_argument("--runs", default="bench/runs")
+    parser.add_argument("--results", default="bench/results")
+    args = parser.parse_args()
+
+    torch.set_num_threads(2)
+    runs = Path(args.runs) / f"quality-{args.model}"
+    for target in args.targets:
+        for method in args.methods:
+            for seed in args.seeds:
+                out = runs / f"{method}-t{target}-s{seed}"
+                if (out / "plan.json").exists():
+                    continue
+                if out.exists():  # an interrupted run: start it again
+                    import shutil
+
+                    shutil.rmtree(out)
+                problem = ProblemConfig(
+                    model=args.model, weights=args.weights, dataset=args.dataset, data_dir=args.data_dir,
+                    eval_samples=args.eval_samples, seed=0,
+                )  # fmt: skip
+                config = SearchConfig(
+                    problem=problem, target_flops=target, method=method, evaluations=args.evaluations, seed=seed,
+                    finetune_epochs=args.finetune_epochs, out=str(out),
+                )  # fmt: skip
+                start = time.perf_counter()
+                run_search(config, progress=False)
+                print(f"{out.name}: {time.perf_counter() - start:.0f} s", flush=True)
+    write_table(args, runs)
+
+
+def mean_std(values: list[float], percent: bool = True) -> str:
+    scale = 100 if percent else 1
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0] * scale:.2f}"
+    return f"{statistics.mean(values) * scale:.2f} ± {statistics.stdev(values) * scale:.2f}"
+
+
+def write_table(args: argparse.Namespace, runs: Path) -> Path:
+    lines = [
+        f"# Quality: {args.model} on {args.dataset}",
+        "",
+        f"Command: `python bench/quality.py --model {args.model} --weights {args.weights} --data-dir {args.data_dir} "
+        f"--methods {' '.join(args.methods)} --targets {' '.join(map(str, args.targets))} "
+        f"--seeds {' '.join(map(str, args.seeds))} --evaluations {args.evaluations} "
+        f"--eval-samples {args.eval_samples} --finetune-epochs {args.finetune_epochs}`",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU only; "
+        f"torch {torch.__version__}; date {time.strftime('%Y-%m-%d')}.",
+        "",
+        f"Every method gets the same {args.evaluations} candidate evaluations on the same {args.eval_samples} "
+        "validation samples (carved from train; candidates scored after BN recalibration on 4 training batches). "
+        "Accuracies in %, mean ± std over seeds; +BN: after BN recalibration on 20 training batches; "
+        f"+FT: after {args.finetune_epochs} epoch(s) of fine-tuning; search s: wall time of the search alone.",
+        "",
+    ]
+    for target in args.targets:
+        header = ["method", "seeds"] + [label for _, label in COLUMNS] + ["FLOPs", "params", "search s"]
+        lines += [f"## Target FLOPs ≤ {target:.0%}", "", "| " + " | ".join(header) + " |"]
+        lines.append("|" + "---|" * len(header))
+        for method in args.methods:
+            metrics = []
+            plans = []
+            for seed in args.seeds:
+                path = runs / f"{method}-t{target}-s{seed}" / "plan.json"
+                if path.exists():
+                    plan = json.loads(path.read_text())
+                    plans.append(plan)
+                    metrics.append(plan["metrics"])
+            if not metrics:
+                continue
+            row = [method, str(len(metrics))]
+            row += [mean_std([m[key] for m in metrics if key in m]) for key, _ in COLUMNS]
+            row.append(mean_std([p["achieved"]["flops_ratio"] for p in plans]))
+            row.append(mean_std([p["achieved"]["params_ratio"] for p in plans]))
+            row.append(mean_std([m["search_seconds"] for m in metrics], percent=False))
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    out = Path(args.results) / f"quality_{args.model}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    print(out.read_text())
+    return out
+
+
+if __name__ == "__main__":
+    main()
