@@ -54,6 +54,13 @@ def median_time(fn, repeat: int = 5, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def random_batches(batch_size: int, samples: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """CIFAR-shaped inputs: timing does not depend on the pixel values."""
+    return [
+        (torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))) for _ in range(samples // batch_size)
+    ]
+
+
 def conversion_rows() -> list[str]:
     rows = ["| model | decisions | groups | convert s | extra peak RSS MiB |", "|---|---|---|---|---|"]
     for name in ("resnet56", "resnet110", "mobilenet_v2", "vgg16_bn"):
@@ -146,8 +153,9 @@ def latency_rows(model, graph) -> list[str]:
     with torch.no_grad():
         for batch in (1, 64):
             x = torch.randn(batch, 3, 32, 32)
-            base = median_time(lambda: model(x), repeat=20 if batch == 1 else 7, warmup=3)
-            small = median_time(lambda: pruned(x), repeat=20 if batch == 1 else 7, warmup=3)
+            repeat = 20 if batch == 1 else 7
+            base = median_time(lambda x=x: model(x), repeat=repeat, warmup=3)
+            small = median_time(lambda x=x: pruned(x), repeat=repeat, warmup=3)
             rows.append(f"| {batch} | {base * 1e3:.2f} | {small * 1e3:.2f} | {base / small:.2f}× |")
     return rows
 
