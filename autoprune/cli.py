@@ -212,7 +212,7 @@ def _search_config(method: str, opts: dict):
     problem = ProblemConfig(
         model=opts["model"], weights=opts["weights"], trust_pickle=opts["trust_pickle"], dataset=opts["dataset"],
         data_dir=opts["data_dir"], device=opts["device"], eval_samples=opts["eval_samples"],
-        recalibrate_batches=opts["recalibrate_batches"], seed=opts["seed"], ignore=tuple(opts["ignore"]),
+        recalibrate_batches=opts["recalibrate_batches"], ignore=tuple(opts["ignore"]),
         min_channels=opts["min_channels"], round_to=opts["round_to"],
     )  # fmt: skip
     out = opts["out"] or f"runs/{method}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -42,8 +42,9 @@ class ProblemConfig:
     scores track post-fine-tune accuracy far better than raw masked accuracy (EagleEye, Li et al. 2020)."""
     val_size: float = 0.1
     """Validation split carved from the training data (fraction or count)."""
-    seed: int = 0
-    """Seeds the validation split."""
+    split_seed: int = 0
+    """Seeds the validation split. Keep 0 with the default digits model, which was trained on split 0's train
+    part; a search's own randomness is `SearchConfig.seed`."""
     ignore: tuple[str, ...] = ()
     """Modules whose output channels must not be pruned (the output layer never is)."""
     min_channels: int = 1
@@ -115,7 +116,7 @@ def load_problem(config: ProblemConfig) -> Problem:
     if dataset is None:
         raise AutopruneError(f"--dataset is needed for model {config.model!r} (no default dataset)")
     bundle = load_dataset(
-        dataset, data_dir=config.data_dir, val_size=config.val_size, seed=config.seed, cache_dir=config.cache_dir
+        dataset, data_dir=config.data_dir, val_size=config.val_size, seed=config.split_seed, cache_dir=config.cache_dir
     )
     model = load_model(config, bundle.num_classes).to(device).eval()
     example = torch.zeros(1, *bundle.input_shape, device=device)
@@ -138,7 +139,7 @@ def load_problem(config: ProblemConfig) -> Problem:
     batches = bundle.batches("val", config.eval_batch_size, limit=config.eval_samples, device=device)
     recal = None
     if config.recalibrate_batches:
-        loader = bundle.loader("train", 64, shuffle=True, seed=config.seed, device=device)
+        loader = bundle.loader("train", 64, shuffle=True, seed=config.split_seed, device=device)
         recal = [b for _, b in zip(range(config.recalibrate_batches), loader, strict=False)]
     evaluator = MaskedEvaluator(model, graph, batches, recal)
     return Problem(config=config, model=model, bundle=bundle, graph=graph, evaluator=evaluator, device=device)

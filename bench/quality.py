@@ -62,7 +62,7 @@ def main() -> None:
                     shutil.rmtree(out)
                 problem = ProblemConfig(
                     model=args.model, weights=args.weights, dataset=args.dataset, data_dir=args.data_dir,
-                    eval_samples=args.eval_samples, seed=0,
+                    eval_samples=args.eval_samples,
                 )  # fmt: skip
                 config = SearchConfig(
                     problem=problem, target_flops=target, method=method, evaluations=args.evaluations, seed=seed,
