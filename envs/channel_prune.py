@@ -13,7 +13,7 @@ from autoprune.constraints import Constraints, check_feasible, project
 from autoprune.graph.channel_graph import ChannelGraph
 from autoprune.graph.features import GraphFeatures
 
-from .rewards import REWARDS, dual_ascent, lagrangian_penalty
+from .rewards import RECENT_SCORES, REWARDS, adaptive_tau, dual_ascent, lagrangian_penalty
 
 ScoreFn = Callable[[np.ndarray], float]
 """Scores a feasible keep-mask (one 0/1 per decision); higher is better, e.g. `MaskedEvaluator`."""
@@ -51,7 +51,8 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         steps_per_episode: steps per episode: 1 proposes one full mask from the unpruned state; more refine it,
             each observation carrying the last projected mask.
         reward: a name in `autoprune.envs.rewards.REWARDS` ("self_competition" or "sign").
-        tau: temperature of the self-competition reward, in score units.
+        tau: floor of the self-competition temperature, in score units; the temperature used is the larger of
+            this and the spread of the last 32 scores (`adaptive_tau`), so the reward never saturates at -1.
         lagrange_lr: dual-ascent step size of the multiplier.
         priority: per-decision priority for the projection (higher survives; default weight L1).
 
@@ -136,7 +137,9 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         keep = project(self.graph, proposal, self.constraints, self.priority)
         score = float(self.score_fn(keep))
 
-        reward = self._competition(score, self._best_score, self.tau) - lagrangian_penalty(violation, self._lagrange)
+        tau = adaptive_tau(self._recent, self.tau)
+        reward = self._competition(score, self._best_score, tau) - lagrangian_penalty(violation, self._lagrange)
+        self._recent = [*self._recent, score][-RECENT_SCORES:]
         self._lagrange = dual_ascent(self._lagrange, self._excess(proposal_ratios), self.lagrange_lr)
         self._evaluations += 1
         if self._best_score is None or score > self._best_score:
@@ -193,6 +196,7 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "best_keep_score": self._best_keep_score,
             "lagrange": self._lagrange,
             "evaluations": self._evaluations,
+            "recent_scores": list(self._recent),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -204,13 +208,21 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "best_keep_score": None if state.get("best_keep_score") is None else float(state["best_keep_score"]),
             "lagrange": float(state.get("lagrange", 0.0)),
             "evaluations": int(state.get("evaluations", 0)),
+            "recent_scores": [float(v) for v in state.get("recent_scores", [])],
         }
         self._restore(self._initial)
 
     # -- helpers -------------------------------------------------------------------------------------------
     @staticmethod
     def _fresh_state() -> dict[str, Any]:
-        return {"best_score": None, "best_keep": None, "best_keep_score": None, "lagrange": 0.0, "evaluations": 0}
+        return {
+            "best_score": None,
+            "best_keep": None,
+            "best_keep_score": None,
+            "lagrange": 0.0,
+            "evaluations": 0,
+            "recent_scores": [],
+        }
 
     def _restore(self, state: dict[str, Any]) -> None:
         self._best_score = state["best_score"]
@@ -218,6 +230,7 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._best_keep_score = state["best_keep_score"]
         self._lagrange = state["lagrange"]
         self._evaluations = state["evaluations"]
+        self._recent = list(state["recent_scores"])
 
     def _excess(self, ratios: dict[str, float]) -> float:
         """Largest signed relative excess over a budget (negative when every budget has room; 0 if none)."""

@@ -6,6 +6,9 @@ before the first evaluation; ``v`` = violation of the raw proposal, the largest 
 
 - ``self_competition(s, b, τ) = tanh((s - b) / τ)``, and ``0`` when ``b is None``. Smooth in how far a mask beats
   or trails the best so far; ``τ`` is the score difference that earns about ±0.76.
+- ``adaptive_tau(recent, τ0) = max(τ0, std(recent))`` over the last 32 scores: the environment's temperature.
+  A fixed small τ saturates (every mask a little worse than the best earns -1, and PPO sees no difference
+  between masks); scaling by the spread of the agent's own recent scores keeps the ranking information.
 - ``sign_competition(s, b) = +1 if s > b else -1``, and ``0`` when ``b is None``.
 - ``lagrangian_penalty(v, λ) = λ · v``, subtracted from the reward.
 - ``dual_ascent(λ, g, η) = max(0, λ + η · g)``: the multiplier grows while proposals break the budget and decays
@@ -17,6 +20,7 @@ The environment's reward is ``competition(s, b) - lagrangian_penalty(v, λ)`` wi
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 
 CompetitionReward = Callable[[float, float | None, float], float]
@@ -43,6 +47,17 @@ def sign_competition(score: float, best: float | None, tau: float = 0.0) -> floa
     if best is None:
         return 0.0
     return 1.0 if score > best else -1.0
+
+
+RECENT_SCORES = 32
+"""How many recent scores set the adaptive temperature."""
+
+
+def adaptive_tau(recent: list[float], floor: float) -> float:
+    """``max(floor, std(recent))``: the self-competition temperature scaled to the spread of recent scores."""
+    if len(recent) < 2:
+        return floor
+    return max(floor, statistics.pstdev(recent))
 
 
 def lagrangian_penalty(violation: float, lam: float) -> float:

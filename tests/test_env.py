@@ -16,6 +16,7 @@ from torch import nn
 
 from autoprune.constraints import Constraints
 from autoprune.envs import ENV_ID, ChannelPruneEnv, dual_ascent, lagrangian_penalty, self_competition, sign_competition
+from autoprune.envs.rewards import adaptive_tau
 from autoprune.errors import AutopruneError
 from autoprune.graph import ChannelGraph, build_channel_graph
 from autoprune.graph.features import KEEP
@@ -98,6 +99,29 @@ def test_self_competition_formula():
     assert self_competition(0.5, 0.5, 0.1) == 0.0
     with pytest.raises(ValueError):
         self_competition(0.5, 0.4, 0.0)
+
+
+def test_adaptive_tau_follows_the_spread_of_recent_scores():
+    assert adaptive_tau([], 0.01) == 0.01
+    assert adaptive_tau([0.5], 0.01) == 0.01
+    assert adaptive_tau([0.2, 0.6], 0.01) == pytest.approx(0.2)
+    assert adaptive_tau([0.5, 0.5, 0.5], 0.01) == 0.01
+
+
+def test_reward_uses_the_adaptive_temperature(graph):
+    env = make_env(graph, tau=1e-4, lagrange_lr=0.0)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    scores = []
+    for _ in range(4):
+        env.reset()
+        _, reward, *_, info = env.step((rng.random(graph.num_decisions) < 0.5).astype(np.int8))
+        if len(scores) >= 2:
+            best = max(scores)
+            expected = math.tanh((info["score"] - best) / adaptive_tau(scores, 1e-4))
+            assert reward == pytest.approx(expected)
+        scores.append(info["score"])
+    assert env.get_state()["recent_scores"] == pytest.approx(scores)
 
 
 def test_sign_competition_formula():
