@@ -12,6 +12,7 @@ import warnings
 
 import click
 
+from autoprune.distributed.commands import submit, sweep, tune_command
 from autoprune.errors import AutopruneError
 
 
@@ -267,6 +268,11 @@ def _run(config, quiet: bool) -> dict:
     from autoprune.search.runner import run_search
 
     return run_search(config, progress=not quiet)
+
+
+cli.add_command(sweep)
+cli.add_command(tune_command)
+cli.add_command(submit)
 
 
 def main() -> None:

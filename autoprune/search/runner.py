@@ -166,42 +166,52 @@ def _search_rl(
     from autoprune.agents.ppo import EvaluationCallback, make_ppo
     from autoprune.envs.channel_prune import ChannelPruneEnv
 
-    env = ChannelPruneEnv(
-        problem.graph,
-        problem.score,
-        constraints,
-        steps_per_episode=config.steps_per_episode,
-        tau=config.tau,
-    )
-    agent_path = run.path / "checkpoint" / "agent.zip"
-    if state and agent_path.exists():
-        env.set_state(state["env"])
-        ppo = PPO.load(agent_path, env=env, device="cpu", custom_objects={"policy_class": GATPolicy})
+    if config.workers > 1 or config.address:
+        from autoprune.distributed.vec_env import ray_search_env
+
+        env = ray_search_env(config, constraints)  # Ray actors, each with its own Problem; same state API
     else:
-        ppo = make_ppo(
-            env,
-            seed=config.seed,
-            n_steps=config.rollout,
-            batch_size=config.rollout,
-            learning_rate=config.learning_rate,
-            tensorboard_log=None,
+        env = ChannelPruneEnv(
+            problem.graph,
+            problem.score,
+            constraints,
+            steps_per_episode=config.steps_per_episode,
+            tau=config.tau,
         )
+    n_envs = getattr(env, "num_envs", 1)
+    n_steps = -(-config.rollout // n_envs)  # evaluations per update: `rollout`, rounded up to a multiple of n_envs
+    try:
+        agent_path = run.path / "checkpoint" / "agent.zip"
+        if state and agent_path.exists():
+            env.set_state(state["env"])
+            ppo = PPO.load(agent_path, env=env, device="cpu", custom_objects={"policy_class": GATPolicy})
+        else:
+            ppo = make_ppo(
+                env,
+                seed=config.seed,
+                n_steps=n_steps,
+                batch_size=n_steps * n_envs,
+                learning_rate=config.learning_rate,
+                tensorboard_log=None,
+            )
 
-    class Checkpoint(BaseCallback):
-        """Saves agent, env and tracker state at each rollout start (i.e. right after a PPO update)."""
+        class Checkpoint(BaseCallback):
+            """Saves agent, env and tracker state at each rollout start (i.e. right after a PPO update)."""
 
-        def _on_rollout_start(self) -> None:
-            tmp = agent_path.with_name("agent-tmp.zip")
-            self.model.save(tmp)
-            tmp.replace(agent_path)
-            run.save_state({**tracker.state(), "env": env.get_state()})
+            def _on_rollout_start(self) -> None:
+                tmp = agent_path.with_name("agent-tmp.zip")
+                self.model.save(tmp)
+                tmp.replace(agent_path)
+                run.save_state({**tracker.state(), "env": env.get_state()})
 
-        def _on_step(self) -> bool:
-            return True
+            def _on_step(self) -> bool:
+                return True
 
-    remaining = config.evaluations - tracker.count
-    ppo.learn(
-        total_timesteps=remaining,
-        callback=[Checkpoint(), EvaluationCallback(tracker)],
-        reset_num_timesteps=False,
-    )
+        remaining = config.evaluations - tracker.count
+        ppo.learn(
+            total_timesteps=remaining,
+            callback=[Checkpoint(), EvaluationCallback(tracker)],
+            reset_num_timesteps=False,
+        )
+    finally:
+        env.close()

@@ -1,0 +1,51 @@
+"""Connect this process to Ray: join a cluster, or start a private local one bound to 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from autoprune.errors import AutopruneError
+
+
+def ensure_ray(address: str | None = None, num_cpus: float | None = None, num_gpus: float | None = None) -> bool:
+    """Connect to Ray unless already connected; returns True when this call started a local instance.
+
+    With no `address` (and no `RAY_ADDRESS` in the environment, as Ray sets for job drivers) a local instance is
+    started with exactly the given resources, no dashboard, and its node on 127.0.0.1. Otherwise the cluster at
+    `address` (`auto`, `host:port` or `ray://host:10001`) is joined; on a token-authenticated cluster the token
+    comes from `RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH` or `~/.ray/auth_token` (with `RAY_AUTH_MODE=token`).
+
+    Args:
+        address: the cluster to join, or None for a local instance.
+        num_cpus: logical CPUs of a local instance (default: all cores).
+        num_gpus: GPUs of a local instance (default: those detected).
+
+    Returns:
+        Whether the caller owns the instance (and should `ray.shutdown()` it when done).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    quiet = {"logging_level": logging.WARNING, "configure_logging": True}
+    if address or os.environ.get("RAY_ADDRESS"):
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+            where = address or os.environ["RAY_ADDRESS"]
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise AutopruneError(
+                f"cannot join the Ray cluster at {where}: {first} (check the address, and RAY_AUTH_TOKEN where the "
+                "cluster uses token authentication)"
+            ) from None
+        return False
+    ray.init(
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        include_dashboard=False,
+        dashboard_host="127.0.0.1",
+        _node_ip_address="127.0.0.1",
+        **quiet,
+    )
+    return True
