@@ -35,7 +35,7 @@ class SearchConfig:
     """1: one-shot full mask per episode; more: the agent refines its last mask for this many steps."""
     rollout: int = 16
     """Evaluations per PPO update (and per checkpoint)."""
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     """PPO's Adam step size."""
     tau: float = 0.01
     """Temperature of the self-competition reward `tanh((score - best) / tau)`."""
