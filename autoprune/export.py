@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from autoprune.atomic import atomic_write
 from autoprune.errors import AutopruneError
 from autoprune.models import build_model
 from autoprune.plan import Plan
@@ -18,8 +19,6 @@ def save_pruned(path: str | Path, pruned: nn.Module, plan: Plan, num_classes: in
 
     The file loads with `torch.load(path, weights_only=True)`; `load_pruned` rebuilds the module.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": "autoprune-pruned",
         "model": plan.model_name,
@@ -27,10 +26,7 @@ def save_pruned(path: str | Path, pruned: nn.Module, plan: Plan, num_classes: in
         "plan": plan.to_dict(),
         "state_dict": pruned.state_dict(),
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_pruned(path: str | Path) -> nn.Module:

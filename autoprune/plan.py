@@ -20,6 +20,7 @@ import numpy as np
 from torch import nn
 
 import autoprune
+from autoprune.atomic import atomic_write_text
 from autoprune.constraints import Constraints
 from autoprune.errors import AutopruneError
 from autoprune.graph.channel_graph import ChannelGraph, fingerprint
@@ -123,12 +124,7 @@ class Plan:
 
     def save(self, path: str | Path) -> Path:
         """Write the plan as JSON (atomically)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        tmp.replace(path)
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "plan") -> Plan:

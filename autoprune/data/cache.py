@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from autoprune.atomic import atomic_write
 from autoprune.data._messages import one_line
 
 
@@ -62,21 +62,10 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write a cache file through `write` into a temporary file, then rename it into place.
-
-    Concurrent runs (e.g. Ray workers) thus never read half a file. A cache that cannot be written only warns.
-    """
-    tmp = None
+    """Write a cache file atomically (see `autoprune.atomic`); a cache that cannot be written only warns."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        atomic_write(path, write)
     except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         warnings.warn(
             f"could not write cache file {path} ({one_line(e)}); set AUTOPRUNE_CACHE to a writable folder", stacklevel=3
         )

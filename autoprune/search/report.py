@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from autoprune.atomic import atomic_write_text
 from autoprune.constraints import Constraints
 from autoprune.export import save_pruned
 from autoprune.masking import recalibrate_bn
 from autoprune.plan import Plan
 from autoprune.problem import Problem
-from autoprune.search.rundir import write_atomic
 from autoprune.training import evaluate, train
 
 
@@ -55,7 +55,7 @@ def finalize(
     plan.metrics = metrics
     plan.save(out / "plan.json")
     save_pruned(out / "pruned.pt", pruned, plan, bundle.num_classes)
-    write_atomic(out / "summary.md", summary(plan, problem))
+    atomic_write_text(out / "summary.md", summary(plan, problem))
     return metrics
 
 

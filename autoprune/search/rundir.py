@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from autoprune.atomic import atomic_write_text
 from autoprune.errors import AutopruneError
 
 COLUMNS = (
@@ -28,16 +28,6 @@ COLUMNS = (
     "lagrange",
     "seconds",
 )
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` so that a crash leaves the old or the new file, never half of one."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 class RunDir:
@@ -64,7 +54,7 @@ class RunDir:
         if keep_rows and self.metrics_path.exists():
             with open(self.metrics_path, newline="") as f:
                 rows = list(csv.reader(f))[1 : keep_rows + 1]
-        write_atomic(self.metrics_path, ",".join(COLUMNS) + "\n" + "".join(",".join(r) + "\n" for r in rows))
+        atomic_write_text(self.metrics_path, ",".join(COLUMNS) + "\n" + "".join(",".join(r) + "\n" for r in rows))
         self._csv = open(self.metrics_path, "a", newline="")  # noqa: SIM115 - closed in close()
         self._writer = csv.writer(self._csv)
         from torch.utils.tensorboard import SummaryWriter
@@ -87,7 +77,7 @@ class RunDir:
     # -- checkpoints -----------------------------------------------------------------------------------------
     def save_state(self, state: dict[str, Any]) -> None:
         """Write the checkpoint state (JSON-able; numpy arrays become lists) atomically."""
-        write_atomic(self.state_path, json.dumps(_jsonable(state)))
+        atomic_write_text(self.state_path, json.dumps(_jsonable(state)))
         if self._tb is not None:
             self._tb.flush()
 
