@@ -2,7 +2,7 @@
 
 from .gat import GATEncoder
 from .policy import GATPolicy, GraphFeaturesExtractor, batch_graphs
-from .ppo import EvaluationBudget, EvaluationCallback, make_ppo, train
+from .ppo import EvaluationBudget, EvaluationCallback, make_ppo, prior_logits, train
 
 __all__ = [
     "EvaluationBudget",
@@ -12,5 +12,6 @@ __all__ = [
     "GraphFeaturesExtractor",
     "batch_graphs",
     "make_ppo",
+    "prior_logits",
     "train",
 ]

@@ -14,6 +14,7 @@ How the pieces sit in SB3's `ActorCriticPolicy` (everything else, PPO's buffer, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -110,18 +111,26 @@ class DecisionLogits(nn.Module):
     Args:
         latent_dim: H.
         num_decisions: D.
-        init_logit: starting bias of every decision (1.5 keeps a channel with probability 0.82).
+        init_logit: starting bias, one for all decisions (1.5 keeps a channel with probability 0.82) or one per
+            decision (e.g. a magnitude prior, see `autoprune.agents.ppo.prior_logits`).
 
     Shapes:
         - **input:** (B, D, H)
         - **output:** (B, D) logits of keeping each channel
     """
 
-    def __init__(self, latent_dim: int, num_decisions: int, init_logit: float = 1.5) -> None:
+    def __init__(self, latent_dim: int, num_decisions: int, init_logit: float | Sequence[float] = 1.5) -> None:
         super().__init__()
         self.score = nn.Linear(latent_dim, 1, bias=False)
         # A plain parameter rather than a Linear bias, so SB3's orthogonal init (which zeroes biases) keeps it.
-        self.bias = nn.Parameter(torch.full((num_decisions,), float(init_logit)))
+        init = torch.as_tensor(init_logit, dtype=torch.float32)
+        if init.dim() == 0:
+            init = init.expand(num_decisions)
+        if init.shape != (num_decisions,):
+            raise ValueError(
+                f"init_logit needs one value per decision ({num_decisions}), got shape {tuple(init.shape)}"
+            )
+        self.bias = nn.Parameter(init.clone())
 
     def forward(self, latent: Tensor) -> Tensor:
         return self.score(latent).squeeze(-1) + self.bias
@@ -130,7 +139,7 @@ class DecisionLogits(nn.Module):
 class DecisionBernoulli(BernoulliDistribution):
     """SB3's Bernoulli distribution whose action net is `DecisionLogits` instead of a dense (H, D) layer."""
 
-    def __init__(self, action_dims: int, init_logit: float = 1.5) -> None:
+    def __init__(self, action_dims: int, init_logit: float | Sequence[float] = 1.5) -> None:
         super().__init__(action_dims)
         self.init_logit = init_logit
 
@@ -157,7 +166,7 @@ class GATPolicy(ActorCriticPolicy):
         observation_space: spaces.Dict,
         action_space: spaces.MultiBinary,
         lr_schedule: Any,
-        init_keep_logit: float = 1.5,
+        init_keep_logit: float | Sequence[float] = 1.5,
         **kwargs: Any,
     ) -> None:
         if not isinstance(action_space, spaces.MultiBinary) or len(action_space.shape) != 1:

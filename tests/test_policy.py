@@ -12,7 +12,7 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from autoprune.agents import GATEncoder, GATPolicy, make_ppo
-from autoprune.agents.policy import batch_graphs
+from autoprune.agents.policy import DecisionLogits, batch_graphs
 from autoprune.constraints import Constraints
 from autoprune.envs import ChannelPruneEnv
 from autoprune.graph import ChannelGraph, build_channel_graph
@@ -197,3 +197,24 @@ def test_policy_refuses_non_binary_actions(graph):
     env = make_env(graph)
     with pytest.raises(ValueError, match="MultiBinary"):
         GATPolicy(env.observation_space, spaces.Discrete(3), lambda _: 1e-3)
+
+
+def test_per_decision_prior_sets_the_starting_keep_probabilities():
+    from autoprune.agents import prior_logits
+    from autoprune.constraints import Constraints
+    from autoprune.graph import build_channel_graph
+    from autoprune.models import build_model
+
+    graph = build_channel_graph(build_model("digits_cnn").eval(), torch.zeros(1, 1, 8, 8))
+    constraints = Constraints(flops=0.5)
+    logits = np.asarray(prior_logits(graph, constraints))
+    assert logits.shape == (graph.num_decisions,)
+    probabilities = 1 / (1 + np.exp(-logits))
+    # The prior's expected mask sits at the budget, and heavier channels are likelier to be kept.
+    assert graph.flops(probabilities) / graph.base_flops == pytest.approx(0.5, abs=0.02)
+    l1 = graph.channel_stats[:, 0]
+    assert probabilities[l1 > np.median(l1)].mean() > probabilities[l1 < np.median(l1)].mean()
+    head = DecisionLogits(latent_dim=4, num_decisions=graph.num_decisions, init_logit=logits.tolist())
+    assert torch.allclose(head.bias, torch.as_tensor(logits, dtype=torch.float32))
+    with pytest.raises(ValueError, match="one value per decision"):
+        DecisionLogits(latent_dim=4, num_decisions=3, init_logit=[0.0, 1.0])

@@ -163,7 +163,7 @@ def _search_rl(
     from stable_baselines3.common.callbacks import BaseCallback
 
     from autoprune.agents.policy import GATPolicy
-    from autoprune.agents.ppo import EvaluationCallback, make_ppo
+    from autoprune.agents.ppo import EvaluationCallback, make_ppo, prior_logits
     from autoprune.envs.channel_prune import ChannelPruneEnv
 
     if config.workers > 1 or config.address:
@@ -192,7 +192,7 @@ def _search_rl(
                 n_steps=n_steps,
                 batch_size=n_steps * n_envs,
                 learning_rate=config.learning_rate,
-                tensorboard_log=None,
+                policy_kwargs={"init_keep_logit": prior_logits(problem.graph, constraints)},
             )
 
         class Checkpoint(BaseCallback):
