@@ -51,8 +51,8 @@ def main() -> None:
     torch.set_num_threads(2)
     runs = Path(args.runs) / f"quality-{args.model}"
     for target in args.targets:
-        for method in args.methods:
-            for seed in args.seeds:
+        for seed in args.seeds:  # seed-major: a partial study still compares every method
+            for method in args.methods:
                 out = runs / f"{method}-t{target}-s{seed}"
                 if (out / "plan.json").exists():
                     continue
