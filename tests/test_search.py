@@ -121,3 +121,14 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path, cache_dir) 
     plan = Plan.load(run / "plan.json")
     assert plan.achieved["flops_ratio"] <= 0.5 + 1e-9
     assert plan.metrics["evaluations"] == 48
+
+
+def test_seeded_search_is_reproducible_on_cpu(tmp_path, cache_dir) -> None:
+    runs = []
+    for name in ("first", "second"):
+        run = tmp_path / name
+        result = run_cli("search", *FAST, "--seed", "3", "--out", str(run))
+        assert result.returncode == 0, result.stderr
+        runs.append([(r["score"], r["flops_ratio"]) for r in metrics_rows(run)])
+    assert runs[0] == runs[1]
+    assert Plan.load(tmp_path / "first" / "plan.json").mask == Plan.load(tmp_path / "second" / "plan.json").mask
