@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 
 from autoprune.distributed.cluster import ensure_ray
 from autoprune.distributed.sweep import resume_sweep, run_name
@@ -26,12 +27,16 @@ SEEDS = (0, 1, 2)
 
 @pytest.fixture(scope="module")
 def local_ray(cache_dir):
+    """One local Ray for the module; the driver (final reports) uses one torch thread, as the trials do."""
     from autoprune.problem import load_problem
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     load_problem(ProblemConfig(eval_samples=100))  # trains and caches the default model before any trial
     assert ensure_ray(num_cpus=2)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+    torch.set_num_threads(threads)
 
 
 def terminated_trials(experiment: Path) -> int:
