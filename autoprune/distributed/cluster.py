@@ -30,8 +30,9 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None, num_gp
         return False
     quiet = {"logging_level": logging.WARNING, "configure_logging": True}
     if address or os.environ.get("RAY_ADDRESS"):
+        client = (address or os.environ.get("RAY_ADDRESS", "")).startswith("ray://")
         try:
-            ray.init(address=address, **quiet)
+            ray.init(address=address, **({} if client else quiet))  # Ray Client would forward them to the server
         except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
             where = address or os.environ["RAY_ADDRESS"]
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
