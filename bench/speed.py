@@ -8,6 +8,7 @@ Writes bench/results/speed.md. Each number is the median of repeated runs on thi
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import statistics
@@ -184,7 +185,8 @@ def main() -> None:
         f"Command: `python bench/speed.py{' --weights ' + args.weights if args.weights else ''}`; "
         f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, CPU only, torch {torch.__version__}; "
         f"date {time.strftime('%Y-%m-%d %H:%M')}; peak RSS of this process "
-        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB.",
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; load average at the end "
+        f"{'/'.join(f'{v:.1f}' for v in os.getloadavg())} (other jobs on the 2 cores slow every row alike).",
         "",
     ]
     for title, rows in sections:
