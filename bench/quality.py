@@ -46,11 +46,12 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=float, default=0.1)
     parser.add_argument("--runs", default="bench/runs")
     parser.add_argument("--results", default="bench/results")
+    parser.add_argument("--report-only", action="store_true", help="only write the table from finished runs")
     args = parser.parse_args()
 
     torch.set_num_threads(2)
     runs = Path(args.runs) / f"quality-{args.model}"
-    for target in args.targets:
+    for target in [] if args.report_only else args.targets:
         for seed in args.seeds:  # seed-major: a partial study still compares every method
             for method in args.methods:
                 out = runs / f"{method}-t{target}-s{seed}"
