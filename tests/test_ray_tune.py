@@ -55,7 +55,7 @@ def test_sweep_killed_then_restored_finishes_every_trial_once(local_ray, tmp_pat
     env = {**os.environ, "RAY_AUTH_MODE": "token"}  # the local instance's token is in ~/.ray/auth_token
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     experiment = out / "tune" / "sweep"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600  # generous: a loaded 2-core machine once needed more than 240 s
     try:
         while time.monotonic() < deadline and proc.poll() is None and terminated_trials(experiment) < 1:
             time.sleep(0.2)
@@ -65,7 +65,8 @@ def test_sweep_killed_then_restored_finishes_every_trial_once(local_ray, tmp_pat
         proc.kill()
         proc.wait()
     done_before = [s for s in SEEDS if (out / "runs" / run_name("random-masks", 0.5, s) / "trial.json").exists()]
-    assert 1 <= len(done_before) < len(SEEDS)
+    assert done_before, "no trial finished within the deadline before the kill"
+    assert len(done_before) < len(SEEDS)
     stamps = {s: (out / "runs" / run_name("random-masks", 0.5, s) / "trial.json").stat().st_mtime for s in done_before}
 
     rows = resume_sweep(out, verbose=0)
