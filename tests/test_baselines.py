@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
+
 from autoprune.agents.baselines import (
     BASELINES,
     group_importance,
@@ -20,7 +21,6 @@ from autoprune.agents.baselines import (
     uniform_mask,
 )
 from autoprune.agents.search_result import BudgetExhausted, Harness, SearchResult
-
 from autoprune.constraints import Constraints
 from autoprune.errors import AutopruneError
 from autoprune.graph import ChannelGraph, build_channel_graph

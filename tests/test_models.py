@@ -194,9 +194,7 @@ def test_other_model_weights_name_keys(tmp_path: Path, resnet20_state: dict[str,
     assert "missing keys: layer1.3." in message and "different model" in message
 
 
-def test_shape_mismatch_names_key_and_leaves_model(
-    tmp_path: Path, resnet20_state: dict[str, torch.Tensor]
-) -> None:
+def test_shape_mismatch_names_key_and_leaves_model(tmp_path: Path, resnet20_state: dict[str, torch.Tensor]) -> None:
     path = tmp_path / "r20.pt"
     torch.save(resnet20_state, path)
     model = build_model("resnet20", num_classes=100)

@@ -95,14 +95,11 @@ def _build_from_factory(name: str, num_classes: int) -> nn.Module:
         module = importlib.import_module(module_name)
     except Exception as e:
         raise AutopruneError(
-            f"cannot import module {module_name!r} for model {name!r} ({_summary(e)}); "
-            "check that it is on PYTHONPATH"
+            f"cannot import module {module_name!r} for model {name!r} ({_summary(e)}); check that it is on PYTHONPATH"
         ) from e
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise AutopruneError(
-            f"module {module_name!r} has no callable {attr!r}; name a function returning the model"
-        )
+        raise AutopruneError(f"module {module_name!r} has no callable {attr!r}; name a function returning the model")
     model = factory(num_classes=num_classes) if _takes_num_classes(factory) else factory()
     if not isinstance(model, nn.Module):
         raise AutopruneError(f"{name!r} returned {type(model).__name__}, not a torch.nn.Module")
@@ -195,8 +192,7 @@ def _find_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise AutopruneError(
-            f"{path} holds no state dict (found {_describe(obj)}); "
-            "save one with torch.save(model.state_dict(), path)"
+            f"{path} holds no state dict (found {_describe(obj)}); save one with torch.save(model.state_dict(), path)"
         )
     if all(isinstance(k, str) and k.startswith("module.") for k in obj):
         return {k.removeprefix("module."): v for k, v in obj.items()}
