@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from autoprune.data._messages import one_line
 from autoprune.data.bundle import DataBundle
 from autoprune.data.cifar10 import load_cifar10
 from autoprune.data.digits import load_digits
 from autoprune.data.fashion_mnist import load_fashion_mnist
 from autoprune.errors import AutopruneError
+from autoprune.factory import accepted_kwargs, resolve_factory
 
 
 @dataclass(frozen=True)
@@ -67,19 +65,8 @@ def load_dataset(
 
 
 def _from_factory(name: str, kwargs: dict[str, object]) -> DataBundle:
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise AutopruneError(
-            f"cannot import {module_name!r} for dataset {name!r} ({one_line(e)}); is it on PYTHONPATH?"
-        ) from e
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise AutopruneError(f"{module_name} has no function {attr!r}; name a factory returning a DataBundle")
-    params = inspect.signature(factory).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    bundle = factory(**{k: v for k, v in kwargs.items() if takes_any or k in params})
+    factory = resolve_factory(name, "dataset")
+    bundle = factory(**accepted_kwargs(factory, kwargs))
     if not isinstance(bundle, DataBundle):
         raise AutopruneError(f"dataset factory {name} returned {type(bundle).__name__}; it must return a DataBundle")
     return bundle

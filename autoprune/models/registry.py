@@ -8,7 +8,6 @@ unless the user says they trust the file.
 from __future__ import annotations
 
 import importlib
-import inspect
 import pickle
 import re
 from collections.abc import Callable, Mapping
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import AutopruneError
+from autoprune.factory import accepted_kwargs, resolve_factory
 from autoprune.models.cifar_resnet import resnet20, resnet32, resnet44, resnet56, resnet110
 from autoprune.models.digits_cnn import digits_cnn
 from autoprune.models.mobilenetv2 import mobilenet_v2
@@ -90,28 +90,11 @@ def build_model(name: str, num_classes: int = 10) -> nn.Module:
 
 
 def _build_from_factory(name: str, num_classes: int) -> nn.Module:
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:
-        raise AutopruneError(
-            f"cannot import module {module_name!r} for model {name!r} ({_summary(e)}); check that it is on PYTHONPATH"
-        ) from e
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise AutopruneError(f"module {module_name!r} has no callable {attr!r}; name a function returning the model")
-    model = factory(num_classes=num_classes) if _takes_num_classes(factory) else factory()
+    factory = resolve_factory(name, "model")
+    model = factory(**accepted_kwargs(factory, {"num_classes": num_classes}))
     if not isinstance(model, nn.Module):
         raise AutopruneError(f"{name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
-
-
-def _takes_num_classes(factory: Callable[..., object]) -> bool:
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):  # builtins and some C extensions have no signature
-        return False
-    return any(p.name == "num_classes" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def _build_torchvision(arch: str, num_classes: int) -> nn.Module:
