@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from typing import Any
 
 from autoprune.errors import AutopruneError
 
@@ -50,3 +52,42 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None, num_gp
         **quiet,
     )
     return True
+
+
+def fit_experiment(
+    address: str | None,
+    num_cpus: float | None,
+    storage: str,
+    name: str,
+    trainable: Any,
+    resume: bool,
+    new_tuner: Callable[[Any], Any],
+) -> Any:
+    """Run a Tune experiment on Ray, restoring it from `storage/name` when `resume` and it can be restored.
+
+    Args:
+        address: Ray cluster to join (None: a local Ray, shut down afterwards).
+        num_cpus: CPUs of a local Ray.
+        storage: Tune's storage path; name: the experiment's name under it.
+        trainable: the trainable, with its resources.
+        resume: restore (errored trials restarted) rather than start anew, where possible.
+        new_tuner: builds a fresh `Tuner` for `trainable`.
+
+    Returns:
+        Tune's `ResultGrid`.
+    """
+    from ray import tune
+
+    owns = ensure_ray(address, num_cpus=num_cpus)
+    try:
+        path = f"{storage}/{name}"
+        if resume and tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(path, trainable=trainable, restart_errored=True)
+        else:
+            tuner = new_tuner(trainable)
+        return tuner.fit()
+    finally:
+        if owns:
+            import ray
+
+            ray.shutdown()

@@ -103,41 +103,33 @@ def resume_sweep(out: str | Path, num_cpus: float | None = None, verbose: int = 
 def _fit(base: SearchConfig, spec: SweepSpec, resume: bool, num_cpus: float | None, verbose: int) -> list[dict]:
     from ray import tune
 
-    from autoprune.distributed.cluster import ensure_ray
+    from autoprune.distributed.cluster import fit_experiment
     from autoprune.distributed.compare import read_rows, write_comparison
 
     out = Path(base.out)
-    owns = ensure_ray(base.address, num_cpus=num_cpus)
-    try:
-        trainable = tune.with_resources(_sweep_trial, {"cpu": spec.cpus_per_trial})
-        path = out / "tune" / EXPERIMENT
-        if resume and tune.Tuner.can_restore(str(path)):
-            tuner = tune.Tuner.restore(str(path), trainable=trainable, restart_errored=True)
-        else:
-            space = {
-                "method": tune.grid_search(spec.methods),
-                "target": tune.grid_search(spec.targets),
-                "seed": tune.grid_search(spec.seeds),
-                "base": base.to_dict(),
-                "threads": spec.cpus_per_trial,
-            }
-            tuner = tune.Tuner(
-                trainable,
-                param_space=space,
-                tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent_trials),
-                run_config=tune.RunConfig(
-                    name=EXPERIMENT,
-                    storage_path=str(out / "tune"),
-                    verbose=verbose,
-                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                ),
-            )
-        grid = tuner.fit()
-    finally:
-        if owns:
-            import ray
 
-            ray.shutdown()
+    def new_tuner(trainable):
+        space = {
+            "method": tune.grid_search(spec.methods),
+            "target": tune.grid_search(spec.targets),
+            "seed": tune.grid_search(spec.seeds),
+            "base": base.to_dict(),
+            "threads": spec.cpus_per_trial,
+        }
+        return tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent_trials),
+            run_config=tune.RunConfig(
+                name=EXPERIMENT,
+                storage_path=str(out / "tune"),
+                verbose=verbose,
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            ),
+        )
+
+    trainable = tune.with_resources(_sweep_trial, {"cpu": spec.cpus_per_trial})
+    grid = fit_experiment(base.address, num_cpus, str(out / "tune"), EXPERIMENT, trainable, resume, new_tuner)
     runs = [(m, t, s, out / "runs" / run_name(m, t, s)) for m in spec.methods for t in spec.targets for s in spec.seeds]
     rows = read_rows(runs)
     if not rows:

@@ -148,31 +148,21 @@ def resume_tune_baseline(out: str | Path, num_cpus: float | None = None, verbose
 def _fit(base: SearchConfig, spec: TuneSpec, resume: bool, num_cpus: float | None, verbose: int) -> dict[str, Any]:
     from ray import tune
 
-    from autoprune.distributed.cluster import ensure_ray
+    from autoprune.distributed.cluster import fit_experiment
 
     out = Path(base.out)
-    owns = ensure_ray(base.address, num_cpus=num_cpus)
-    try:
-        trainable = tune.with_resources(_baseline_trial, {"cpu": spec.cpus_per_trial})
-        path = out / "tune" / EXPERIMENT
-        if resume and tune.Tuner.can_restore(str(path)):
-            tuner = tune.Tuner.restore(str(path), trainable=trainable, restart_errored=True)
-        else:
-            space = {**parse_space(spec.param_space), "base": base.to_dict(), "threads": spec.cpus_per_trial}
-            tuner = tune.Tuner(
-                trainable,
-                param_space=space,
-                tune_config=tune.TuneConfig(
-                    num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent_trials
-                ),
-                run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out / "tune"), verbose=verbose),
-            )
-        grid = tuner.fit()
-    finally:
-        if owns:
-            import ray
 
-            ray.shutdown()
+    def new_tuner(trainable):
+        space = {**parse_space(spec.param_space), "base": base.to_dict(), "threads": spec.cpus_per_trial}
+        return tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent_trials),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out / "tune"), verbose=verbose),
+        )
+
+    trainable = tune.with_resources(_baseline_trial, {"cpu": spec.cpus_per_trial})
+    grid = fit_experiment(base.address, num_cpus, str(out / "tune"), EXPERIMENT, trainable, resume, new_tuner)
     return _report(base, spec, grid)
 
 
