@@ -12,7 +12,6 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from torch import nn
 
 from autoprune.flops import BilinearCost
@@ -266,11 +265,6 @@ def members_by_node(graph_groups: list[ChannelGroup]) -> dict[int, list[tuple[Ch
                 if m.side == OUT:
                     found.setdefault(m.node, []).append((g, m))
     return found
-
-
-def tensor(x: np.ndarray) -> torch.Tensor:
-    """A long tensor of indices."""
-    return torch.as_tensor(np.asarray(x), dtype=torch.long)
 
 
 __all__ = ["IN", "LAYER_KINDS", "OUT", "ChannelGraph", "ChannelGroup", "Layer", "fingerprint", "layer_kind"]

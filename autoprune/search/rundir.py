@@ -70,10 +70,6 @@ class RunDir:
             if record.get(key) is not None:
                 self._tb.add_scalar(f"search/{key}", float(record[key]), step)
 
-    def read_metrics(self) -> list[dict[str, str]]:
-        with open(self.metrics_path, newline="") as f:
-            return list(csv.DictReader(f))
-
     # -- checkpoints -----------------------------------------------------------------------------------------
     def save_state(self, state: dict[str, Any]) -> None:
         """Write the checkpoint state (JSON-able; numpy arrays become lists) atomically."""
