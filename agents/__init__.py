@@ -2,7 +2,8 @@
 
 from .gat import GATEncoder
 from .policy import GATPolicy, GraphFeaturesExtractor, batch_graphs
-from .ppo import EvaluationBudget, EvaluationCallback, make_ppo, prior_logits, train
+from .ppo import EvaluationBudget, EvaluationCallback, make_ppo, train
+from .warm_start import WarmStart, ranking_logits, ranking_warm_start
 
 __all__ = [
     "EvaluationBudget",
@@ -10,8 +11,10 @@ __all__ = [
     "GATEncoder",
     "GATPolicy",
     "GraphFeaturesExtractor",
+    "WarmStart",
     "batch_graphs",
     "make_ppo",
-    "prior_logits",
+    "ranking_logits",
+    "ranking_warm_start",
     "train",
 ]

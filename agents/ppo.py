@@ -6,13 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecEnv
-
-from autoprune.constraints import Constraints
-from autoprune.graph import ChannelGraph
 
 from .policy import GATPolicy
 
@@ -63,20 +59,6 @@ class EvaluationBudget(BaseCallback):
         return self.num_timesteps - self._start < self.evaluations
 
 
-def prior_logits(graph: ChannelGraph, constraints: Constraints, clip: float = 4.0) -> list[float]:
-    """Per-decision starting logits of the policy: the magnitude prior of the random-masks baseline.
-
-    Channel `d` starts with keep probability `sigmoid((log L1_d - shift) / T)`, the shift set so that the expected
-    FLOPs meet the budget (`baselines.keep_probabilities`). The agent's first proposals are then as good as
-    magnitude-weighted random masks and already near the budget; PPO improves from there instead of from coin
-    flips.
-    """
-    from .baselines import keep_probabilities
-
-    p = np.clip(keep_probabilities(graph, constraints), 1e-6, 1 - 1e-6)
-    return np.clip(np.log(p / (1 - p)), -clip, clip).astype(float).tolist()
-
-
 def make_ppo(
     env: gym.Env | VecEnv,
     seed: int = 0,
@@ -103,7 +85,7 @@ def make_ppo(
         learning_rate: Adam step size.
         device: torch device; the GNN on small batches is usually fastest on "cpu".
         tensorboard_log: directory for SB3's TensorBoard logs (none when None).
-        policy_kwargs: for `GATPolicy` (e.g. `init_keep_logit`, `features_extractor_kwargs`).
+        policy_kwargs: for `GATPolicy` (e.g. `init_keep_logit` from `warm_start`, `features_extractor_kwargs`).
         **ppo_kwargs: any other `PPO` argument (gamma, ent_coef, clip_range, ...).
     """
     ppo_kwargs.setdefault("gamma", 0.99)

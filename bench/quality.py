@@ -22,7 +22,7 @@ from autoprune.problem import ProblemConfig
 from autoprune.search.config import SearchConfig
 from autoprune.search.runner import run_search
 
-METHODS = ["rl", "random-search", "random-masks", "l1-uniform", "global-magnitude"]
+METHODS = ["rl", "global-magnitude", "global-taylor", "random-search", "random-masks", "l1-uniform"]
 COLUMNS = [
     ("val_acc_pruned", "val pruned"),
     ("val_acc_recalibrated", "val +BN"),

@@ -199,22 +199,30 @@ def test_policy_refuses_non_binary_actions(graph):
         GATPolicy(env.observation_space, spaces.Discrete(3), lambda _: 1e-3)
 
 
-def test_per_decision_prior_sets_the_starting_keep_probabilities():
-    from autoprune.agents import prior_logits
+def test_warm_start_policy_has_the_global_ranking_as_its_mode():
+    from autoprune.agents import ranking_warm_start
+    from autoprune.agents.baselines import drop_lowest, group_importance
     from autoprune.constraints import Constraints
     from autoprune.graph import build_channel_graph
     from autoprune.models import build_model
 
-    graph = build_channel_graph(build_model("digits_cnn").eval(), torch.zeros(1, 1, 8, 8))
+    model = build_model("digits_cnn").eval()
+    example = torch.zeros(1, 1, 8, 8)
+    graph = build_channel_graph(model, example)
     constraints = Constraints(flops=0.5)
-    logits = np.asarray(prior_logits(graph, constraints))
+    start = ranking_warm_start(model, example, graph, constraints)
+    importance = group_importance(model, example, graph)
+    np.testing.assert_array_equal(start.keep, drop_lowest(graph, constraints, importance))
+    assert constraints.feasible(graph, start.keep)
+    logits = np.asarray(start.logits)
     assert logits.shape == (graph.num_decisions,)
-    probabilities = 1 / (1 + np.exp(-logits))
-    # The prior's expected mask sits at the budget, and heavier channels are likelier to be kept.
-    assert graph.flops(probabilities) / graph.base_flops == pytest.approx(0.5, abs=0.02)
-    l1 = graph.channel_stats[:, 0]
-    assert probabilities[l1 > np.median(l1)].mean() > probabilities[l1 < np.median(l1)].mean()
-    head = DecisionLogits(latent_dim=4, num_decisions=graph.num_decisions, init_logit=logits.tolist())
+    np.testing.assert_array_equal(logits > 0, start.keep.astype(bool))  # the mode is the ranking's mask
+    # Channels near the cut are the uncertain ones: confidence grows with distance from it in importance.
+    cut = importance[start.keep == 0].max()
+    distance = np.abs(np.log(importance) - np.log(cut))
+    near, far = distance < np.quantile(distance, 0.25), distance > np.quantile(distance, 0.75)
+    assert np.abs(logits[near]).mean() < np.abs(logits[far]).mean()
+    head = DecisionLogits(latent_dim=4, num_decisions=graph.num_decisions, init_logit=start.logits)
     assert torch.allclose(head.bias, torch.as_tensor(logits, dtype=torch.float32))
     with pytest.raises(ValueError, match="one value per decision"):
         DecisionLogits(latent_dim=4, num_decisions=3, init_logit=[0.0, 1.0])

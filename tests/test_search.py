@@ -67,6 +67,21 @@ def test_plan_from_search_applies_through_cli(finished_run: Path, cache_dir: Pat
     assert params == pytest.approx(Plan.load(finished_run / "plan.json").achieved["params"], rel=1e-6)
 
 
+def test_agent_starts_at_the_global_ranking_and_keeps_the_best(finished_run: Path, tmp_path: Path) -> None:
+    ranking = tmp_path / "gm"
+    result = run_cli(
+        "baseline", "--method", "global-magnitude", "--target-flops", "0.5", "--evaluations", "16", "--quiet",
+        "--eval-samples", "200", "--out", str(ranking),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (first,) = metrics_rows(ranking)
+    agent = metrics_rows(finished_run)
+    # The agent's first evaluation is its policy's mode, torch-pruning's global ranking: same mask, same score.
+    assert float(agent[0]["score"]) == pytest.approx(float(first["score"]), abs=1e-6)  # metrics.csv rounds to 1e-6
+    assert float(agent[0]["flops_ratio"]) == pytest.approx(float(first["flops_ratio"]), abs=1e-6)
+    assert Plan.load(finished_run / "plan.json").metrics["search_val_acc_best"] >= float(first["score"]) - 1e-6
+
+
 def test_existing_run_directory_is_not_overwritten(finished_run: Path) -> None:
     result = run_cli("search", *FAST, "--out", str(finished_run))
     assert result.returncode == 2

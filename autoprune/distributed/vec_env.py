@@ -49,12 +49,14 @@ class SearchEnvFactory:
         constraints: the budgets.
         steps_per_episode: see `ChannelPruneEnv`.
         tau: self-competition reward temperature.
+        priority: per-decision priority of the projection (see `ChannelPruneEnv`).
     """
 
     problem: ProblemConfig
     constraints: Constraints
     steps_per_episode: int = 1
     tau: float = 0.01
+    priority: np.ndarray | None = None
 
     def __call__(self) -> gym.Env:
         from autoprune.envs.channel_prune import ChannelPruneEnv
@@ -62,7 +64,12 @@ class SearchEnvFactory:
 
         problem = load_problem(self.problem)
         return ChannelPruneEnv(
-            problem.graph, problem.score, self.constraints, steps_per_episode=self.steps_per_episode, tau=self.tau
+            problem.graph,
+            problem.score,
+            self.constraints,
+            steps_per_episode=self.steps_per_episode,
+            tau=self.tau,
+            priority=self.priority,
         )
 
 
@@ -371,8 +378,10 @@ def _kill(actor: Any) -> None:
         ray.kill(actor, no_restart=True)
 
 
-def ray_search_env(config: SearchConfig, constraints: Constraints) -> RayVecEnv:
+def ray_search_env(config: SearchConfig, constraints: Constraints, priority: np.ndarray | None = None) -> RayVecEnv:
     """The `RayVecEnv` of a search: `config.workers` actors (1 CPU and `config.gpus_per_worker` GPUs each).
+
+    `priority` orders the projection of every worker's env (see `ChannelPruneEnv`).
 
     Joins `config.address`, or starts a local Ray sized for the workers (shut down again by `close()`).
     """
@@ -393,5 +402,5 @@ def ray_search_env(config: SearchConfig, constraints: Constraints) -> RayVecEnv:
     problem = config.problem
     if config.gpus_per_worker == 0 and problem.device == "auto":
         problem = replace(problem, device="cpu")  # a worker without a reserved GPU must not crowd onto one
-    factory = SearchEnvFactory(problem, constraints, config.steps_per_episode, config.tau)
+    factory = SearchEnvFactory(problem, constraints, config.steps_per_episode, config.tau, priority)
     return RayVecEnv([factory] * workers, num_cpus=1, num_gpus=config.gpus_per_worker, owns_ray=owns)

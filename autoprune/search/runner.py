@@ -137,18 +137,18 @@ def _search_baseline(config: SearchConfig, problem: Problem, constraints: Constr
 
 def _scorer_with_keep(problem: Problem, tracker: Tracker):
     """The score function for baselines, recording each scored (feasible) mask in the tracker."""
-    graph = problem.graph
 
     def score(keep: np.ndarray) -> float:
         value = problem.score(keep)
-        ratios = {
-            "flops_ratio": graph.flops(keep) / graph.base_flops,
-            "params_ratio": graph.params(keep) / graph.base_params,
-        }
-        tracker({"score": value, "keep": keep, "violation": 0.0, **ratios})
+        tracker({"score": value, "keep": keep, "violation": 0.0, **_ratios(problem, keep)})
         return value
 
     return score
+
+
+def _ratios(problem: Problem, keep: np.ndarray) -> dict[str, float]:
+    graph = problem.graph
+    return {"flops_ratio": graph.flops(keep) / graph.base_flops, "params_ratio": graph.params(keep) / graph.base_params}
 
 
 def _search_rl(
@@ -163,13 +163,15 @@ def _search_rl(
     from stable_baselines3.common.callbacks import BaseCallback
 
     from autoprune.agents.policy import GATPolicy
-    from autoprune.agents.ppo import EvaluationCallback, make_ppo, prior_logits
+    from autoprune.agents.ppo import EvaluationCallback, make_ppo
+    from autoprune.agents.warm_start import ranking_warm_start
     from autoprune.envs.channel_prune import ChannelPruneEnv
 
+    start = ranking_warm_start(problem.model, problem.example_input(), problem.graph, constraints)
     if config.workers > 1 or config.address:
         from autoprune.distributed.vec_env import ray_search_env
 
-        env = ray_search_env(config, constraints)  # Ray actors, each with its own Problem; same state API
+        env = ray_search_env(config, constraints, start.importance)  # actors with their own Problem, same state API
     else:
         env = ChannelPruneEnv(
             problem.graph,
@@ -177,6 +179,7 @@ def _search_rl(
             constraints,
             steps_per_episode=config.steps_per_episode,
             tau=config.tau,
+            priority=start.importance,
         )
     n_envs = getattr(env, "num_envs", 1)
     n_steps = -(-config.rollout // n_envs)  # evaluations per update: `rollout`, rounded up to a multiple of n_envs
@@ -192,8 +195,15 @@ def _search_rl(
                 n_steps=n_steps,
                 batch_size=n_steps * n_envs,
                 learning_rate=config.learning_rate,
-                policy_kwargs={"init_keep_logit": prior_logits(problem.graph, constraints)},
+                policy_kwargs={"init_keep_logit": start.logits},
             )
+            # The first evaluation is the policy's mode (the ranking's mask): the reward competes against it.
+            score = problem.score(start.keep)
+            tracker({"score": score, "keep": start.keep, "violation": 0.0, **_ratios(problem, start.keep)})
+            env.set_state(
+                {"best_score": score, "best_keep": start.keep.tolist(), "best_keep_score": score,
+                 "recent_scores": [score]}
+            )  # fmt: skip
 
         class Checkpoint(BaseCallback):
             """Saves agent, env and tracker state at each rollout start (i.e. right after a PPO update)."""
@@ -208,10 +218,11 @@ def _search_rl(
                 return True
 
         remaining = config.evaluations - tracker.count
-        ppo.learn(
-            total_timesteps=remaining,
-            callback=[Checkpoint(), EvaluationCallback(tracker)],
-            reset_num_timesteps=False,
-        )
+        if remaining > 0:
+            ppo.learn(
+                total_timesteps=remaining,
+                callback=[Checkpoint(), EvaluationCallback(tracker)],
+                reset_num_timesteps=False,
+            )
     finally:
         env.close()
