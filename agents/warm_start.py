@@ -6,7 +6,7 @@ ResNet-20, the agent then ended below the one-evaluation global ranking (bench/r
 the ranking instead, and PPO searches *around* it:
 
 - the per-decision starting logits have the ranking's mask as their mode, with a confidence that grows with the
-  channel's distance from the cut: channels near the cut are uncertain (flipped often), far ones almost never;
+  channel's rank distance from the cut: a sample flips about 8 channels, near the cut; far ones almost never;
 - the first evaluation is that mode itself, so the self-competition reward asks from the start for masks that
   beat the ranking;
 - the projection onto the budget drops the lowest-importance channels, the same order the ranking uses.
@@ -41,17 +41,22 @@ class WarmStart:
     logits: list[float]
 
 
-def ranking_logits(keep: np.ndarray, importance: np.ndarray, margin: float = 1.0, slope: float = 2.0) -> np.ndarray:
-    """Keep logits with mode `keep`: ``±(margin + slope · |log importance − log cut|)``, clipped to ±6.
+def ranking_logits(keep: np.ndarray, importance: np.ndarray, margin: float = 2.0, flips: float = 8.0) -> np.ndarray:
+    """Keep logits with mode `keep`: ``±(margin + r / s)``, clipped to ±8, `r` = ranks from the ranking's cut.
 
-    `cut` is the importance of the most important dropped channel (the ranking's threshold), so a channel at the
-    cut flips with probability ``sigmoid(-margin)`` (0.27 by default) and one e times more or less important
-    than the cut with ``sigmoid(-margin - slope)`` (0.05).
+    Distances are counted in ranks of `importance` (normalised importances crowd around 1, so ratios of them
+    say little), and the slope `s` is set so that a sample differs from `keep` in about `flips` channels:
+    ``E[flips] ≈ 2 s · log(1 + e^-margin)``. As many kept as dropped channels are within any rank distance of
+    the cut, so samples keep the mode's cost on average.
     """
     keep = np.asarray(keep).astype(bool)
-    log_importance = np.log(np.maximum(np.asarray(importance, dtype=np.float64), 1e-12))
-    cut = log_importance[~keep].max() if (~keep).any() else log_importance.min()
-    confidence = np.minimum(margin + slope * np.abs(log_importance - cut), 6.0)
+    if keep.all() or not keep.any():
+        return np.where(keep, 8.0, -8.0)
+    rank = np.empty(len(keep))
+    rank[np.argsort(np.asarray(importance, dtype=np.float64), kind="stable")] = np.arange(len(keep))
+    cut = rank[~keep].max() + 0.5  # between the most important dropped channel and the next one up
+    slope = flips / (2 * np.log1p(np.exp(-margin)))
+    confidence = np.minimum(margin + (np.abs(rank - cut) - 0.5) / slope, 8.0)
     return np.where(keep, confidence, -confidence)
 
 
