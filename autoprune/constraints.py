@@ -104,10 +104,10 @@ def project(
     order = np.concatenate(candidates)
     order = order[np.argsort(value[order], kind="stable")]
 
-    def dropped(k: int) -> np.ndarray:
+    def dropped(k: int) -> np.ndarray:  # legalized inside the search: rounding up to `round_to` adds cost
         out = keep.copy()
         out[order[:k]] = 0
-        return out
+        return graph.legalize(out, priority)
 
     lo, hi = 0, len(order)
     if not constraints.feasible(graph, dropped(hi)):
@@ -119,4 +119,6 @@ def project(
             hi = mid
         else:
             lo = mid + 1
-    return graph.legalize(dropped(lo), priority)
+    while not constraints.feasible(graph, dropped(lo)):  # rounding can break monotonicity; the bound holds at hi
+        lo += 1
+    return dropped(lo)

@@ -139,6 +139,15 @@ def test_projection_meets_budget_and_infeasible_target_is_an_error(resnet20_grap
         Constraints(flops=1.5)
 
 
+def test_projection_with_rounded_widths_still_meets_the_budget() -> None:
+    model = build_model("resnet20").eval()
+    graph = build_channel_graph(model, torch.zeros(1, 3, 32, 32), round_to=8)
+    for target in (0.7, 0.5, 0.3):
+        keep = project(graph, graph.full_mask(), Constraints(flops=target))
+        assert graph.flops(keep) / graph.base_flops <= target + 1e-9
+        assert all(int(keep[g.offset : g.offset + g.size].sum()) % 8 == 0 for g in graph.prunable_groups)
+
+
 def test_untraceable_model_gives_clear_error() -> None:
     class Bad(nn.Module):
         def __init__(self):
