@@ -1,8 +1,9 @@
-"""Speed study: graph conversion, cost model, evaluation throughput and overhead, pruned-model latency.
+"""Speed study: graph conversion, cost model, evaluation throughput and env + agent overhead.
 
     python bench/speed.py [--weights ../shared/models/resnet56-cifar10jpeg.pt]
 
-Writes bench/results/speed.md. Each number is the median of repeated runs on this machine.
+Writes bench/results/speed.md. Each number is the median of repeated runs on this machine. Pruned-model latency
+is its own study, `bench/latency.py`.
 """
 
 from __future__ import annotations
@@ -147,20 +148,6 @@ def agent_overhead_rows(model, graph, batch_size: int, samples: int, steps: int 
     ]
 
 
-def latency_rows(model, graph) -> list[str]:
-    keep = project(graph, graph.full_mask(), Constraints(flops=0.5))
-    pruned = Plan.from_mask(model, graph, keep).apply(model).eval()
-    rows = ["| batch | unpruned ms | pruned (50% FLOPs) ms | speed-up |", "|---|---|---|---|"]
-    with torch.no_grad():
-        for batch in (1, 64):
-            x = torch.randn(batch, 3, 32, 32)
-            repeat = 20 if batch == 1 else 7
-            base = median_time(lambda x=x: model(x), repeat=repeat, warmup=3)
-            small = median_time(lambda x=x: pruned(x), repeat=repeat, warmup=3)
-            rows.append(f"| {batch} | {base * 1e3:.2f} | {small * 1e3:.2f} | {base / small:.2f}× |")
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=None, help="ResNet-56 weights (random init when omitted)")
@@ -177,7 +164,6 @@ def main() -> None:
         ("Cost model", cost_rows(graph)),
         ("Candidate evaluation", evaluation_rows(model, graph, 250, args.samples)),
         ("Env + agent overhead", agent_overhead_rows(model, graph, 250, args.samples)),
-        ("CPU latency of ResNet-56 pruned to 50% FLOPs (L1 projection plan)", latency_rows(model, graph)),
     ]
     lines = [
         "# Speed",
