@@ -101,6 +101,12 @@ def write_table(args: argparse.Namespace, runs: Path) -> Path:
         "Accuracies in %, mean ± std over seeds; +BN: after BN recalibration on 20 training batches; "
         f"+FT: after {args.finetune_epochs} epoch(s) of fine-tuning; search s: wall time of the search alone.",
         "",
+        "Methods: `rl` is the GAT policy trained by PPO with the self-competition reward, starting from "
+        "torch-pruning's global magnitude ranking (its first evaluation is that ranking's mask, see "
+        "`autoprune/agents/warm_start.py`); `global-magnitude` / `global-taylor` are torch-pruning's global "
+        "rankings (1 evaluation); `random-search` draws per-group widths, `random-masks` magnitude-weighted "
+        "per-channel masks (best of the budget); `l1-uniform` keeps the same fraction of every group (1 evaluation).",
+        "",
     ]
     for target in args.targets:
         header = ["method", "seeds"] + [label for _, label in COLUMNS] + ["FLOPs", "params", "search s"]
