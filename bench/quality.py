@@ -10,12 +10,14 @@ already finished, so the study resumes), then writes a markdown table of mean ±
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from autoprune.problem import ProblemConfig
@@ -30,6 +32,51 @@ COLUMNS = [
     ("test_acc_recalibrated", "test +BN"),
     ("test_acc_finetuned", "test +FT"),
 ]
+
+
+def best_so_far_curves(runs: Path, method: str, target: float, seeds: list[int]) -> list[list[float]]:
+    """Per finished seed, the best validation score after each evaluation (from the run's metrics.csv)."""
+    curves = []
+    for seed in seeds:
+        run = runs / f"{method}-t{target}-s{seed}"
+        if (run / "plan.json").exists():
+            with open(run / "metrics.csv", newline="") as f:
+                curves.append([float(row["best_score"]) for row in csv.DictReader(f)])
+    return curves
+
+
+def plot_curves(args: argparse.Namespace, runs: Path) -> list[Path]:
+    """One figure per target: mean best-so-far validation accuracy against evaluations, per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for target in args.targets:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method in args.methods:
+            curves = best_so_far_curves(runs, method, target, args.seeds)
+            if not curves:
+                continue
+            # Deterministic methods stop after one evaluation: their best stays flat for the rest of the budget.
+            padded = np.array([c + [c[-1]] * (args.evaluations - len(c)) for c in curves]) * 100
+            mean = padded.mean(axis=0)
+            x = np.arange(1, len(mean) + 1)
+            ax.plot(x, mean, label=f"{method} ({len(curves)} seeds)")
+            if len(curves) > 1:
+                std = padded.std(axis=0)
+                ax.fill_between(x, mean - std, mean + std, alpha=0.15)
+        ax.set(xlabel="candidate evaluations", ylabel="best validation accuracy so far (%)")
+        ax.set_title(f"{args.model}, FLOPs ≤ {target:.0%}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        out = Path(args.results) / f"quality_{args.model}_t{target}.png"
+        fig.tight_layout()
+        fig.savefig(out, dpi=120)
+        plt.close(fig)
+        written.append(out)
+    return written
 
 
 def main() -> None:
@@ -73,6 +120,7 @@ def main() -> None:
                 run_search(config, progress=False)
                 print(f"{out.name}: {time.perf_counter() - start:.0f} s", flush=True)
     write_table(args, runs)
+    plot_curves(args, runs)
 
 
 def mean_std(values: list[float], percent: bool = True) -> str:
@@ -129,7 +177,7 @@ def write_table(args: argparse.Namespace, runs: Path) -> Path:
             row.append(mean_std([p["achieved"]["params_ratio"] for p in plans]))
             row.append(mean_std([m["search_seconds"] for m in metrics], percent=False))
             lines.append("| " + " | ".join(row) + " |")
-        lines.append("")
+        lines += ["", f"![best validation accuracy so far](quality_{args.model}_t{target}.png)", ""]
     out = Path(args.results) / f"quality_{args.model}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
