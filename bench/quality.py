@@ -25,6 +25,8 @@ from autoprune.search.config import SearchConfig
 from autoprune.search.runner import run_search
 
 METHODS = ["rl", "global-magnitude", "global-taylor", "random-search", "random-masks", "l1-uniform"]
+ABLATIONS = {"rl-frozen": {"method": "rl", "learning_rate": 0.0}}
+"""Study-only variants: `rl-frozen` samples from the warm-started policy without ever updating it (what PPO adds)."""
 COLUMNS = [
     ("val_acc_pruned", "val pruned"),
     ("val_acc_recalibrated", "val +BN"),
@@ -85,7 +87,7 @@ def main() -> None:
     parser.add_argument("--weights", required=True)
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--methods", nargs="+", default=METHODS, help=f"of {METHODS} and {list(ABLATIONS)}")
     parser.add_argument("--targets", nargs="+", type=float, default=[0.5])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--evaluations", type=int, default=48)
@@ -113,7 +115,8 @@ def main() -> None:
                     eval_samples=args.eval_samples,
                 )  # fmt: skip
                 config = SearchConfig(
-                    problem=problem, target_flops=target, method=method, evaluations=args.evaluations, seed=seed,
+                    problem=problem, target_flops=target, evaluations=args.evaluations, seed=seed,
+                    **ABLATIONS.get(method, {"method": method}),
                     finetune_epochs=args.finetune_epochs, out=str(out),
                 )  # fmt: skip
                 start = time.perf_counter()
@@ -153,7 +156,8 @@ def write_table(args: argparse.Namespace, runs: Path) -> Path:
         "torch-pruning's global magnitude ranking (its first evaluation is that ranking's mask, see "
         "`autoprune/agents/warm_start.py`); `global-magnitude` / `global-taylor` are torch-pruning's global "
         "rankings (1 evaluation); `random-search` draws per-group widths, `random-masks` magnitude-weighted "
-        "per-channel masks (best of the budget); `l1-uniform` keeps the same fraction of every group (1 evaluation).",
+        "per-channel masks (best of the budget); `l1-uniform` keeps the same fraction of every group (1 evaluation); "
+        "`rl-frozen` (ablation) samples from the warm-started policy and never updates it.",
         "",
     ]
     for target in args.targets:
