@@ -147,8 +147,9 @@ def test_two_worker_search_killed_and_resumed_records_each_evaluation_once(local
         proc.kill()
         proc.wait()
     state = json.loads(state_path.read_text())
-    assert len(state["env"]) == 2 and state["evaluations"] % 4 == 0  # checkpoints follow each 4-evaluation update
-    assert 4 <= state["evaluations"] < len(rows(out))  # evaluations after the checkpoint are to be redone
+    # Checkpoints follow the first evaluation (the policy's mode) and then each 4-evaluation update.
+    assert len(state["env"]) == 2 and (state["evaluations"] - 1) % 4 == 0
+    assert 1 <= state["evaluations"] < len(rows(out))  # evaluations after the checkpoint are to be redone
 
     metrics = resume_search(out, progress=False)
     assert [int(r["evaluation"]) for r in rows(out)] == list(range(1, 25))
