@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoprune.atomic import atomic_write_text
 from autoprune.distributed.tune import _absolute, first_error, from_yaml
 from autoprune.errors import AutopruneError
 from autoprune.search.config import METHODS, SearchConfig
@@ -158,11 +159,17 @@ def _sweep_trial(params: dict[str, Any]) -> None:
     if problem.device == "auto" and base.gpus_per_worker == 0:
         problem = dataclasses.replace(problem, device="cpu")  # trials reserve no GPU
     config = dataclasses.replace(base, problem=problem, method=method, target_flops=target, seed=seed, out=str(out))
-    start = time.perf_counter()
-    if (out / "config.json").exists():
-        metrics = resume_search(out, progress=False)
+    done = out / "trial.json"
+    if done.exists() and (out / "plan.json").exists():
+        # Finished before the sweep was killed, but after Tune last saved its state: report it, don't redo it.
+        metrics = json.loads((out / "plan.json").read_text())["metrics"]
+        wall = float(json.loads(done.read_text())["wall_seconds"])
     else:
-        metrics = run_search(config, progress=False)
-    wall = round(time.perf_counter() - start, 2)
-    (out / "trial.json").write_text(json.dumps({"wall_seconds": wall}))  # this attempt's wall clock
+        start = time.perf_counter()
+        if (out / "config.json").exists():
+            metrics = resume_search(out, progress=False)
+        else:
+            metrics = run_search(config, progress=False)
+        wall = round(time.perf_counter() - start, 2)
+        atomic_write_text(done, json.dumps({"wall_seconds": wall}))  # this attempt's wall clock
     tune.report({k: v for k, v in metrics.items() if isinstance(v, int | float)} | {"wall_seconds": wall})
