@@ -112,7 +112,7 @@ class DecisionLogits(nn.Module):
         latent_dim: H.
         num_decisions: D.
         init_logit: starting bias, one for all decisions (1.5 keeps a channel with probability 0.82) or one per
-            decision (e.g. a magnitude prior, see `autoprune.agents.ppo.prior_logits`).
+            decision (e.g. a ranking warm start, see `autoprune.agents.warm_start.ranking_logits`).
 
     Shapes:
         - **input:** (B, D, H)
