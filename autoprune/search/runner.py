@@ -126,7 +126,7 @@ def _search_baseline(config: SearchConfig, problem: Problem, constraints: Constr
         config.method,
         problem.graph,
         constraints,
-        _scorer_with_keep(problem, tracker),
+        _scorer_with_keep(problem, constraints, tracker),
         budget=config.evaluations,
         seed=config.seed,
         model=problem.model,
@@ -135,20 +135,20 @@ def _search_baseline(config: SearchConfig, problem: Problem, constraints: Constr
     )
 
 
-def _scorer_with_keep(problem: Problem, tracker: Tracker):
+def _scorer_with_keep(problem: Problem, constraints: Constraints, tracker: Tracker):
     """The score function for baselines, recording each scored (feasible) mask in the tracker."""
 
     def score(keep: np.ndarray) -> float:
         value = problem.score(keep)
-        tracker({"score": value, "keep": keep, "violation": 0.0, **_ratios(problem, keep)})
+        tracker({"score": value, "keep": keep, "violation": 0.0, **_ratios(constraints, problem, keep)})
         return value
 
     return score
 
 
-def _ratios(problem: Problem, keep: np.ndarray) -> dict[str, float]:
-    graph = problem.graph
-    return {"flops_ratio": graph.flops(keep) / graph.base_flops, "params_ratio": graph.params(keep) / graph.base_params}
+def _ratios(constraints: Constraints, problem: Problem, keep: np.ndarray) -> dict[str, float]:
+    """`Constraints.ratios` of `keep` under the metric names (`flops_ratio`, `params_ratio`)."""
+    return {f"{name}_ratio": value for name, value in constraints.ratios(problem.graph, keep).items()}
 
 
 def _search_rl(
@@ -199,7 +199,7 @@ def _search_rl(
             )
             # The first evaluation is the policy's mode (the ranking's mask): the reward competes against it.
             score = problem.score(start.keep)
-            tracker({"score": score, "keep": start.keep, "violation": 0.0, **_ratios(problem, start.keep)})
+            tracker({"score": score, "keep": start.keep, "violation": 0.0, **_ratios(constraints, problem, start.keep)})
             env.set_state(
                 {"best_score": score, "best_keep": start.keep.tolist(), "best_keep_score": score,
                  "recent_scores": [score]}
