@@ -3,7 +3,8 @@
 The projection is how the constrained MDP enforces its budget (like AMC's action wall): a mask over budget
 loses its kept channels in order of lowest priority per unit of cost until it fits, never dropping a group
 below `min_channels`. The result is the feasible mask closest to the proposal under that ordering, so every
-candidate scored (by the agent or a baseline) and every final plan satisfies the constraint.
+candidate scored (by the agent or a baseline) and every final plan satisfies the constraint. `fill` is the
+other direction: a mask under budget gets its most valuable dropped channels back until the budget is used.
 """
 
 from __future__ import annotations
@@ -86,12 +87,7 @@ def project(
     if constraints.feasible(graph, keep):
         return keep
     # Candidates: per group, the kept channels above the group's floor, cheapest-to-lose first.
-    cost = np.zeros(len(keep))
-    if constraints.flops is not None:
-        cost += graph.flops_cost.marginal(keep) / graph.base_flops
-    if constraints.params is not None:
-        cost += graph.params_cost.marginal(keep) / graph.base_params
-    value = priority / np.maximum(cost, 1e-12)
+    value = _value_per_cost(graph, keep, constraints, priority)
     candidates = []
     for g in graph.prunable_groups:
         idx = g.offset + np.flatnonzero(keep[g.offset : g.offset + g.size])
@@ -122,3 +118,66 @@ def project(
     while not constraints.feasible(graph, dropped(lo)):  # rounding can break monotonicity; the bound holds at hi
         lo += 1
     return dropped(lo)
+
+
+def fill(
+    graph: ChannelGraph, keep: np.ndarray, constraints: Constraints, priority: np.ndarray | None = None
+) -> np.ndarray:
+    """`keep` with its dropped channels added back, highest priority per unit of cost first, while it fits.
+
+    Budget a mask leaves unused is capacity lost: on CIFAR-10 ResNet-20 at 50% FLOPs, the test accuracy after a
+    half-epoch fine-tune of 14 masks (two global rankings, 12 samples around one) followed the FLOPs they used
+    (Spearman 0.91; 48.6% to 50.0% FLOPs gave 79.5% to 80.5%) more closely than any score before fine-tuning
+    (bench/results/proxy.md). Channels are added in that order, each one that
+    still fits, so afterwards no single dropped channel (group step, with rounding) fits the budget. Costs
+    only grow as channels are added, so one pass suffices; a bisection skips the prefix that fits as a whole.
+
+    Args:
+        graph: the channel graph.
+        keep: a feasible 0/1 mask (e.g. from `project`).
+        constraints: the budgets.
+        priority: higher means more worth keeping (default: weight L1 of the channel).
+
+    Returns:
+        A legal, feasible mask that keeps everything `keep` keeps.
+    """
+    priority = graph.channel_stats[:, 0] if priority is None else np.asarray(priority, dtype=np.float64)
+    keep = graph.legalize(keep, priority)
+    if not constraints.feasible(graph, keep):
+        raise AutopruneError("fill needs a feasible mask; project it first")
+    dropped = np.flatnonzero(keep == 0)
+    value = _value_per_cost(graph, keep, constraints, priority)
+    order = dropped[np.argsort(-value[dropped], kind="stable")]
+
+    def added(k: int) -> np.ndarray:
+        out = keep.copy()
+        out[order[:k]] = 1
+        return graph.legalize(out, priority)
+
+    lo, hi = 0, len(order)
+    while lo < hi:  # a longest feasible prefix, found by bisection
+        mid = (lo + hi + 1) // 2
+        if constraints.feasible(graph, added(mid)):
+            lo = mid
+        else:
+            hi = mid - 1
+    keep = added(lo)
+    for channel in order[lo + 1 :]:  # then, in the same order, every channel that still fits on its own
+        trial = keep.copy()
+        trial[channel] = 1
+        trial = graph.legalize(trial, priority)
+        if constraints.feasible(graph, trial):
+            keep = trial
+    return keep
+
+
+def _value_per_cost(
+    graph: ChannelGraph, keep: np.ndarray, constraints: Constraints, priority: np.ndarray
+) -> np.ndarray:
+    """Priority per unit of budgeted cost of adding or removing each decision alone at `keep`."""
+    cost = np.zeros(len(keep))
+    if constraints.flops is not None:
+        cost += graph.flops_cost.marginal(keep) / graph.base_flops
+    if constraints.params is not None:
+        cost += graph.params_cost.marginal(keep) / graph.base_params
+    return priority / np.maximum(cost, 1e-12)

@@ -95,10 +95,11 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=float, default=0.1)
     parser.add_argument("--runs", default="bench/runs")
     parser.add_argument("--results", default="bench/results")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (the PPO update runs on the CPU)")
     parser.add_argument("--report-only", action="store_true", help="only write the table from finished runs")
     args = parser.parse_args()
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     runs = Path(args.runs) / f"quality-{args.model}"
     for target in [] if args.report_only else args.targets:
         for seed in args.seeds:  # seed-major: a partial study still compares every method
@@ -126,6 +127,11 @@ def main() -> None:
     plot_curves(args, runs)
 
 
+def accelerator() -> str:
+    """Where the networks ran: the GPU's name, or "CPU only"."""
+    return f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "CPU only"
+
+
 def mean_std(values: list[float], percent: bool = True) -> str:
     scale = 100 if percent else 1
     if not values:
@@ -144,7 +150,7 @@ def write_table(args: argparse.Namespace, runs: Path) -> Path:
         f"--seeds {' '.join(map(str, args.seeds))} --evaluations {args.evaluations} "
         f"--eval-samples {args.eval_samples} --finetune-epochs {args.finetune_epochs}`",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU only; "
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {accelerator()}; "
         f"torch {torch.__version__}; date {time.strftime('%Y-%m-%d')}.",
         "",
         f"Every method gets the same {args.evaluations} candidate evaluations on the same {args.eval_samples} "

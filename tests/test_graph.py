@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprune.constraints import Constraints, check_feasible, project
+from autoprune.constraints import Constraints, check_feasible, fill, project
 from autoprune.errors import AutopruneError
 from autoprune.graph import build_channel_graph
 from autoprune.graph.features import FEATURES, GraphFeatures, to_networkx
@@ -161,14 +161,24 @@ def test_untraceable_model_gives_clear_error() -> None:
         build_channel_graph(Bad(), torch.zeros(1, 2, 8, 8))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_masked_equals_pruned() -> None:
-    model = build_model("resnet20").eval().cuda()
-    graph = build_channel_graph(model, torch.zeros(1, 3, 32, 32, device="cuda"))
-    keep = project(graph, graph.full_mask(), Constraints(flops=0.5))
-    x = torch.randn(2, 3, 32, 32, device="cuda")
-    with torch.no_grad(), ChannelMasker(model, graph) as masker:
-        masker.set_mask(keep)
-        masked = model(x)
-        masker.set_mask(None)
-        assert (prune_model(model, graph, keep)(x) - masked).abs().max() < 1e-4
+@pytest.mark.parametrize("round_to", [1, 8])
+def test_fill_uses_the_budget_a_mask_leaves_and_keeps_what_it_kept(round_to: int) -> None:
+    graph = build_channel_graph(build_model("resnet20").eval(), torch.zeros(1, 3, 32, 32), round_to=round_to)
+    rng = np.random.default_rng(0)
+    for target in (0.5, 0.3):
+        budget = Constraints(flops=target)
+        for _ in range(5):
+            sparse = project(graph, (rng.random(graph.num_decisions) < 0.3).astype(np.int8), budget)
+            filled = fill(graph, sparse, budget)
+            assert budget.feasible(graph, filled)
+            assert np.all(filled >= sparse)
+            assert np.array_equal(graph.legalize(filled), filled)
+            assert graph.flops(filled) > graph.flops(sparse)
+            for channel in np.flatnonzero(filled == 0):  # maximal: no channel left out still fits
+                more = filled.copy()
+                more[channel] = 1
+                assert not budget.feasible(graph, graph.legalize(more))
+        full_at_budget = project(graph, graph.full_mask(), budget)
+        assert budget.feasible(graph, fill(graph, full_at_budget, budget))
+    with pytest.raises(AutopruneError, match="feasible"):
+        fill(graph, graph.full_mask(), Constraints(flops=0.5))

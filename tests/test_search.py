@@ -113,6 +113,15 @@ def test_baseline_command(tmp_path, cache_dir) -> None:
     assert Plan.load(run / "plan.json").metrics["method"] == "random-masks"
 
 
+def test_final_plan_uses_the_budget_the_searched_mask_left(tmp_path, cache_dir) -> None:
+    run = tmp_path / "l1"
+    result = run_cli("baseline", "--method", "l1-uniform", "--quiet", "--eval-samples", "200", "--out", str(run))
+    assert result.returncode == 0, result.stderr
+    (searched,) = metrics_rows(run)  # uniform widths fall short of the budget
+    plan = Plan.load(run / "plan.json")
+    assert float(searched["flops_ratio"]) < plan.achieved["flops_ratio"] <= 0.5 + 1e-9
+
+
 def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path, cache_dir) -> None:
     run = tmp_path / "killed"
     exe = Path(sys.executable).with_name("autoprune")

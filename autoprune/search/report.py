@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from autoprune.atomic import atomic_write_text
-from autoprune.constraints import Constraints
+from autoprune.constraints import Constraints, fill
 from autoprune.export import save_pruned
 from autoprune.masking import recalibrate_bn
 from autoprune.plan import Plan
@@ -27,8 +27,13 @@ def finalize(
     seed: int = 0,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the run's results and return its metrics (accuracies are fractions in [0, 1])."""
+    """Write the run's results and return its metrics (accuracies are fractions in [0, 1]).
+
+    The plan is `keep` filled up to the budget (`autoprune.constraints.fill`): whatever method found the mask,
+    budget it leaves unused is capacity lost after fine-tuning.
+    """
     model, bundle, device = problem.model, problem.bundle, problem.device
+    keep = fill(problem.graph, keep, constraints)
     val = bundle.batches("val", 500, device=device)
     test = bundle.batches("test", 500, device=device)
     metrics: dict[str, Any] = {
