@@ -128,9 +128,8 @@ def fill(
     Budget a mask leaves unused is capacity lost: on CIFAR-10 ResNet-20 at 50% FLOPs, the test accuracy after a
     half-epoch fine-tune of 14 masks (two global rankings, 12 samples around one) followed the FLOPs they used
     (Spearman 0.91; 48.6% to 50.0% FLOPs gave 79.5% to 80.5%) more closely than any score before fine-tuning
-    (bench/results/proxy.md). Channels are added in that order, each one that
-    still fits, so afterwards no single dropped channel (group step, with rounding) fits the budget. Costs
-    only grow as channels are added, so one pass suffices; a bisection skips the prefix that fits as a whole.
+    (bench/results/proxy.md). Channels are tried in that order and added where they still fit; costs only grow
+    as channels are added, so after one pass no single dropped channel (group step, with rounding) fits.
 
     Args:
         graph: the channel graph.
@@ -147,22 +146,7 @@ def fill(
         raise AutopruneError("fill needs a feasible mask; project it first")
     dropped = np.flatnonzero(keep == 0)
     value = _value_per_cost(graph, keep, constraints, priority)
-    order = dropped[np.argsort(-value[dropped], kind="stable")]
-
-    def added(k: int) -> np.ndarray:
-        out = keep.copy()
-        out[order[:k]] = 1
-        return graph.legalize(out, priority)
-
-    lo, hi = 0, len(order)
-    while lo < hi:  # a longest feasible prefix, found by bisection
-        mid = (lo + hi + 1) // 2
-        if constraints.feasible(graph, added(mid)):
-            lo = mid
-        else:
-            hi = mid - 1
-    keep = added(lo)
-    for channel in order[lo + 1 :]:  # then, in the same order, every channel that still fits on its own
+    for channel in dropped[np.argsort(-value[dropped], kind="stable")]:
         trial = keep.copy()
         trial[channel] = 1
         trial = graph.legalize(trial, priority)
