@@ -181,13 +181,6 @@ def search_options(func):
             help="kept channels per group rounded up to a multiple of this",
         ),
         click.option(
-            "--capacity-weight",
-            type=float,
-            default=p.capacity_weight,
-            show_default=True,
-            help="add this times the kept parameter fraction to each candidate's score",
-        ),
-        click.option(
             "--finetune-epochs",
             type=float,
             default=d.finetune_epochs,
@@ -221,7 +214,7 @@ def _search_config(method: str, opts: dict):
         model=opts["model"], weights=opts["weights"], trust_pickle=opts["trust_pickle"], dataset=opts["dataset"],
         data_dir=opts["data_dir"], device=opts["device"], eval_samples=opts["eval_samples"],
         recalibrate_batches=opts["recalibrate_batches"], ignore=tuple(opts["ignore"]),
-        min_channels=opts["min_channels"], round_to=opts["round_to"], capacity_weight=opts["capacity_weight"],
+        min_channels=opts["min_channels"], round_to=opts["round_to"],
     )  # fmt: skip
     out = opts["out"] or f"runs/{method}-{time.strftime('%Y%m%d-%H%M%S')}"
     extra = {k: opts[k] for k in ("steps_per_episode", "rollout", "learning_rate", "tau") if k in opts}

@@ -51,9 +51,6 @@ class ProblemConfig:
     """Fewest channels any coupled group keeps."""
     round_to: int = 1
     """Round kept channels per group up to a multiple of this."""
-    capacity_weight: float = 0.0
-    """Adds this times the kept fraction of parameters to every candidate's score. At equal FLOPs, masks that
-    keep more parameters recover more in fine-tuning (bench/results/recovery.md); 0 scores accuracy alone."""
     cache_dir: str | None = None
     """Cache for decoded data and the default model (default `$AUTOPRUNE_CACHE` or ~/.cache/autoprune)."""
 
@@ -74,13 +71,8 @@ class Problem:
         self.base_score = self.evaluator(None)
 
     def score(self, keep: np.ndarray) -> float:
-        """Validation accuracy of the network under `keep`, plus its `capacity_bonus`."""
-        return self.evaluator(keep) + self.capacity_bonus(keep)
-
-    def capacity_bonus(self, keep: np.ndarray) -> float:
-        """`capacity_weight` × the fraction of parameters `keep` keeps (0 when the weight is 0)."""
-        weight = self.config.capacity_weight
-        return weight * self.graph.params(keep) / self.graph.base_params if weight else 0.0
+        """Validation accuracy of the network under `keep`."""
+        return self.evaluator(keep)
 
     def example_input(self) -> torch.Tensor:
         return torch.zeros(1, *self.bundle.input_shape, device=self.device)

@@ -1,10 +1,13 @@
 """Latency study: how much faster on this CPU is ResNet-56 pruned to a FLOPs budget, by plan and width rounding?
 
-    python bench/latency.py --weights ../shared/models/resnet56-cifar10jpeg.pt
+    python bench/latency.py --weights ../shared/models/resnet56-cifar10jpeg.pt \
+        --plan bench/runs/quality-resnet56/rl-t0.5-s0/plan.json
 
 Writes bench/results/latency.md: for each plan (L1 projection, torch-pruning global magnitude ranking, uniform
-L1 width) with widths rounded to multiples of 1 or 8, the achieved FLOPs and the median forward time of the
-physically pruned network against the unpruned one at batch 1 and 64.
+L1 width, with widths rounded to multiples of 1 or 8, and any `--plan` files such as a search's plan.json) the
+achieved FLOPs and the forward time of the physically pruned network against the unpruned one at batch 1 and 64.
+Models are timed round-robin; a speed-up is the median over rounds of the unpruned time over the pruned time in
+the same round (with its interquartile range), so load that drifts between rounds cancels.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from autoprune.plan import Plan
 BATCHES = (1, 64)
 
 
-def interleaved_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, rounds: int, warmup: int = 3) -> dict:
-    """Median forward time of each model in ms, timed round-robin so that load drifts hit every model alike."""
+def interleaved_times(models: dict[str, torch.nn.Module], x: torch.Tensor, rounds: int, warmup: int = 3) -> dict:
+    """Forward times of each model in seconds, one per round, timed round-robin so that load drifts hit all alike."""
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.no_grad():
         for model in models.values():
@@ -40,7 +43,13 @@ def interleaved_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, rounds: 
                 start = time.perf_counter()
                 model(x)
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    return times
+
+
+def speedup(times: dict[str, list[float]], name: str) -> str:
+    """Median and interquartile range over rounds of the unpruned time over `name`'s time in the same round."""
+    q1, median, q3 = np.percentile(np.array(times["unpruned"]) / np.array(times[name]), [25, 50, 75])
+    return f"{median:.2f}× ({q1:.2f}-{q3:.2f})"
 
 
 def plans(model: torch.nn.Module, graph, constraints: Constraints) -> dict[str, np.ndarray]:
@@ -57,6 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=None, help="ResNet-56 weights (random init when omitted)")
     parser.add_argument("--target-flops", type=float, default=0.5)
+    parser.add_argument("--plan", action="append", default=[], help="a plan.json for ResNet-56 to time (repeatable)")
     parser.add_argument("--out", default="bench/results/latency.md")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -74,26 +84,33 @@ def main() -> None:
             models[key] = Plan.from_mask(model, graph, keep).apply(model).eval()
             flops, params = graph.flops(keep) / graph.base_flops, graph.params(keep) / graph.base_params
             costs[key] = f"| {flops:.1%} | {params:.1%} |"
-    rounds = {1: 40, 64: 12}
-    ms = {b: interleaved_ms(models, torch.randn(b, 3, 32, 32), rounds[b]) for b in BATCHES}
+    for path in args.plan:
+        plan = Plan.load(path)
+        key = f"{plan.metrics.get('method', 'searched')} plan `{path}` | –"
+        models[key] = plan.apply(model).eval()
+        costs[key] = f"| {plan.achieved['flops_ratio']:.1%} | {plan.achieved['params_ratio']:.1%} |"
+    rounds = {1: 200, 64: 40}
+    times = {b: interleaved_times(models, torch.randn(b, 3, 32, 32), rounds[b]) for b in BATCHES}
     rows = [
-        "| plan | round to | FLOPs | params | batch 1 ms | speed-up | batch 64 ms | speed-up |",
+        "| plan | round to | FLOPs | params | batch 1 ms | speed-up (IQR) | batch 64 ms | speed-up (IQR) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for key in models:
-        cells = " | ".join(f"{ms[b][key]:.2f} | {ms[b]['unpruned'] / ms[b][key]:.2f}×" for b in BATCHES)
+        cells = " | ".join(f"{statistics.median(times[b][key]) * 1e3:.2f} | {speedup(times[b], key)}" for b in BATCHES)
         rows.append(f"| {key} {costs[key]} {cells} |")
     lines = [
         "# Latency of pruned ResNet-56 on CPU",
         "",
         f"Command: `python bench/latency.py{' --weights ' + args.weights if args.weights else ''} "
-        f"--target-flops {args.target_flops}`; machine: {platform.machine()}, {torch.get_num_threads()} torch "
-        f"threads, CPU only, torch {torch.__version__}; date {time.strftime('%Y-%m-%d %H:%M')}; load average at "
+        f"--target-flops {args.target_flops}{''.join(' --plan ' + p for p in args.plan)}`; "
+        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, CPU only, "
+        f"torch {torch.__version__}; date {time.strftime('%Y-%m-%d %H:%M')}; load average at "
         f"the end {'/'.join(f'{v:.1f}' for v in os.getloadavg())}.",
         "",
-        f"Target: FLOPs ≤ {args.target_flops:.0%}. Median of {rounds[1]} (batch 1) and {rounds[64]} (batch 64) "
+        f"Target: FLOPs ≤ {args.target_flops:.0%}. {rounds[1]} (batch 1) and {rounds[64]} (batch 64) rounds of "
         "forward passes of each physically pruned network (torch-pruning removes the channels), timed round-robin "
-        "with the unpruned one so that load changes on the shared machine hit all alike.",
+        "with the unpruned one; ms: median time; speed-up: median over rounds of the unpruned time over the pruned "
+        "time in the same round, with the interquartile range of that ratio.",
         "",
         *rows,
         "",

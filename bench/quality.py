@@ -93,7 +93,6 @@ def main() -> None:
     parser.add_argument("--evaluations", type=int, default=48)
     parser.add_argument("--eval-samples", type=int, default=1000)
     parser.add_argument("--finetune-epochs", type=float, default=0.1)
-    parser.add_argument("--capacity-weight", type=float, default=0.0, help="see ProblemConfig.capacity_weight")
     parser.add_argument("--runs", default="bench/runs")
     parser.add_argument("--results", default="bench/results")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (the PPO update runs on the CPU)")
@@ -114,7 +113,7 @@ def main() -> None:
                     shutil.rmtree(out)
                 problem = ProblemConfig(
                     model=args.model, weights=args.weights, dataset=args.dataset, data_dir=args.data_dir,
-                    eval_samples=args.eval_samples, capacity_weight=args.capacity_weight,
+                    eval_samples=args.eval_samples,
                 )  # fmt: skip
                 config = SearchConfig(
                     problem=problem, target_flops=target, evaluations=args.evaluations, seed=seed,
@@ -149,10 +148,7 @@ def write_table(args: argparse.Namespace, runs: Path) -> Path:
         f"Command: `python bench/quality.py --model {args.model} --weights {args.weights} --data-dir {args.data_dir} "
         f"--methods {' '.join(args.methods)} --targets {' '.join(map(str, args.targets))} "
         f"--seeds {' '.join(map(str, args.seeds))} --evaluations {args.evaluations} "
-        f"--eval-samples {args.eval_samples} --finetune-epochs {args.finetune_epochs} --threads {args.threads}"
-        + (f" --capacity-weight {args.capacity_weight}" if args.capacity_weight else "")
-        + (f" --runs {args.runs} --results {args.results}" if args.runs != "bench/runs" else "")
-        + "`",
+        f"--eval-samples {args.eval_samples} --finetune-epochs {args.finetune_epochs} --threads {args.threads}`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {accelerator()}; "
         f"torch {torch.__version__}; date {time.strftime('%Y-%m-%d')}.",

@@ -113,25 +113,6 @@ def test_baseline_command(tmp_path, cache_dir) -> None:
     assert Plan.load(run / "plan.json").metrics["method"] == "random-masks"
 
 
-def test_capacity_weight_adds_the_kept_parameter_fraction_to_each_score(tmp_path, cache_dir) -> None:
-    rows = {}
-    for weight in ("0", "0.5"):
-        run = tmp_path / f"w{weight}"
-        args = ("--method", "random-search", "--evaluations", "5", "--eval-samples", "200", "--quiet")
-        result = run_cli("baseline", *args, "--capacity-weight", weight, "--out", str(run))
-        assert result.returncode == 0, result.stderr
-        rows[weight] = metrics_rows(run)
-    for plain, weighted in zip(rows["0"], rows["0.5"], strict=True):  # same seed: the same masks
-        assert weighted["params_ratio"] == plain["params_ratio"]
-        expected = float(plain["score"]) + 0.5 * float(plain["params_ratio"])
-        assert float(weighted["score"]) == pytest.approx(expected, abs=1e-4)  # metrics.csv keeps 6 digits
-    best = max(rows["0.5"], key=lambda row: float(row["score"]))
-    plan = Plan.load(tmp_path / "w0.5" / "plan.json")  # reports the chosen mask's accuracy, without the bonus
-    assert plan.metrics["search_val_acc_best"] == pytest.approx(
-        float(best["score"]) - 0.5 * float(best["params_ratio"]), abs=1e-4
-    )
-
-
 def test_final_plan_uses_the_budget_the_searched_mask_left(tmp_path, cache_dir) -> None:
     run = tmp_path / "l1"
     result = run_cli("baseline", "--method", "l1-uniform", "--quiet", "--eval-samples", "200", "--out", str(run))

@@ -33,14 +33,13 @@ def finalize(
     budget it leaves unused is capacity lost after fine-tuning.
     """
     model, bundle, device = problem.model, problem.bundle, problem.device
-    best_accuracy = best_score - problem.capacity_bonus(keep)
     keep = fill(problem.graph, keep, constraints)
     val = bundle.batches("val", 500, device=device)
     test = bundle.batches("test", 500, device=device)
     metrics: dict[str, Any] = {
         "method": method,
         "search_val_acc_unpruned": problem.base_score,
-        "search_val_acc_best": best_accuracy,
+        "search_val_acc_best": best_score,
         "val_acc_unpruned": evaluate(model, val, device),
         "test_acc_unpruned": evaluate(model, test, device),
     }
