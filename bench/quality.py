@@ -30,6 +30,7 @@ ABLATIONS = {"rl-frozen": {"method": "rl", "learning_rate": 0.0}}
 COLUMNS = [
     ("val_acc_pruned", "val pruned"),
     ("val_acc_recalibrated", "val +BN"),
+    ("val_acc_finetuned", "val +FT"),
     ("test_acc_pruned", "test pruned"),
     ("test_acc_recalibrated", "test +BN"),
     ("test_acc_finetuned", "test +FT"),
