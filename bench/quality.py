@@ -149,7 +149,9 @@ def write_table(args: argparse.Namespace, runs: Path) -> Path:
         f"Command: `python bench/quality.py --model {args.model} --weights {args.weights} --data-dir {args.data_dir} "
         f"--methods {' '.join(args.methods)} --targets {' '.join(map(str, args.targets))} "
         f"--seeds {' '.join(map(str, args.seeds))} --evaluations {args.evaluations} "
-        f"--eval-samples {args.eval_samples} --finetune-epochs {args.finetune_epochs} --threads {args.threads}`",
+        f"--eval-samples {args.eval_samples} --finetune-epochs {args.finetune_epochs} --threads {args.threads}"
+        + (f" --runs {args.runs} --results {args.results}" if args.runs != "bench/runs" else "")
+        + "`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {accelerator()}; "
         f"torch {torch.__version__}; date {time.strftime('%Y-%m-%d')}.",
