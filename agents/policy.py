@@ -70,6 +70,13 @@ class GraphFeaturesExtractor(BaseFeaturesExtractor):
         self.encoder = GATEncoder(observation_space["x"].shape[-1], hidden_dim, num_layers, heads)
 
     def forward(self, observations: dict[str, Tensor]) -> Tensor:
+        batch_size = observations["x"].size(0)
+        if batch_size > 1 and all(torch.equal(v, v[:1].expand_as(v)) for v in observations.values()):
+            # One-step episodes observe the same graph every time: encode it once (PPO's minibatches are all copies).
+            return self._encode({k: v[:1] for k, v in observations.items()}).expand(batch_size, -1, -1)
+        return self._encode(observations)
+
+    def _encode(self, observations: dict[str, Tensor]) -> Tensor:
         graph, decisions = batch_graphs(observations)
         nodes, pooled = self.encoder(graph.x, graph.edge_index, graph.batch, num_graphs=decisions.size(0))
         return torch.cat([nodes[decisions], pooled.unsqueeze(1)], dim=1)

@@ -142,6 +142,24 @@ def test_batched_logits_equal_single_graph_logits(graph):
     assert not torch.allclose(together[0], together[1])  # the mask in the features changes the logits
 
 
+def test_copies_of_one_observation_are_encoded_once_with_the_same_outputs_and_gradients(graph):
+    env = make_env(graph)
+    policy = make_policy(env)
+    extractor = policy.features_extractor
+    obs = stack(policy, [env.reset(seed=0)[0]] * 5)
+    calls = []
+    hook = extractor.encoder.register_forward_hook(lambda _, args, __: calls.append(args[0].shape[0]))
+    shared = extractor(obs)
+    hook.remove()
+    assert calls == [obs["x"].shape[1]]  # one graph's nodes, once
+    separate = extractor._encode(obs)  # the general path: every copy encoded
+    torch.testing.assert_close(shared, separate, atol=1e-6, rtol=1e-5)
+    weights = torch.randn_like(separate)
+    grads = [torch.autograd.grad((out * weights).sum(), list(extractor.parameters())) for out in (shared, separate)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_initial_keep_probability_follows_init_logit(graph):
     env = make_env(graph)
     for init in (1.5, -0.5):
