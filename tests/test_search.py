@@ -37,7 +37,7 @@ def finished_run(tmp_path_factory, cache_dir) -> Path:
 
 def test_search_writes_a_complete_run_directory(finished_run: Path) -> None:
     run = finished_run
-    for name in ("plan.json", "pruned.pt", "summary.md", "metrics.csv", "config.json", "checkpoint/agent.zip"):
+    for name in ("plan.json", "pruned.pt", "summary.md", "metrics.csv", "config.json", "checkpoint/agent.pt"):
         assert (run / name).exists(), name
     assert any((run / "tb").iterdir())
     plan = Plan.load(run / "plan.json")

@@ -159,13 +159,12 @@ def _search_rl(
     tracker: Tracker,
     state: dict[str, Any] | None,
 ) -> None:
-    from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from autoprune.agents.policy import GATPolicy
     from autoprune.agents.ppo import EvaluationCallback, make_ppo
     from autoprune.agents.warm_start import ranking_warm_start
     from autoprune.envs.channel_prune import ChannelPruneEnv
+    from autoprune.search.checkpoint import load_agent, save_agent
 
     start = ranking_warm_start(problem.model, problem.example_input(), problem.graph, constraints)
     if config.workers > 1 or config.address:
@@ -184,19 +183,18 @@ def _search_rl(
     n_envs = getattr(env, "num_envs", 1)
     n_steps = -(-config.rollout // n_envs)  # evaluations per update: `rollout`, rounded up to a multiple of n_envs
     try:
-        agent_path = run.path / "checkpoint" / "agent.zip"
-        if state and agent_path.exists():
+        ppo = make_ppo(
+            env,
+            seed=config.seed,
+            n_steps=n_steps,
+            batch_size=n_steps * n_envs,
+            learning_rate=config.learning_rate,
+            policy_kwargs={"init_keep_logit": start.logits},
+        )
+        if state:  # a resumed run: the agent built as above, then its checkpoint's weights (data only) loaded
             env.set_state(state["env"])
-            ppo = PPO.load(agent_path, env=env, device="cpu", custom_objects={"policy_class": GATPolicy})
+            load_agent(ppo, run.path / "checkpoint")
         else:
-            ppo = make_ppo(
-                env,
-                seed=config.seed,
-                n_steps=n_steps,
-                batch_size=n_steps * n_envs,
-                learning_rate=config.learning_rate,
-                policy_kwargs={"init_keep_logit": start.logits},
-            )
             # The first evaluation is the policy's mode (the ranking's mask): the reward competes against it.
             score = problem.score(start.keep)
             tracker({"score": score, "keep": start.keep, "violation": 0.0, **_ratios(constraints, problem, start.keep)})
@@ -209,9 +207,7 @@ def _search_rl(
             """Saves agent, env and tracker state at each rollout start (i.e. right after a PPO update)."""
 
             def _on_rollout_start(self) -> None:
-                tmp = agent_path.with_name("agent-tmp.zip")
-                self.model.save(tmp)
-                tmp.replace(agent_path)
+                save_agent(self.model, run.path / "checkpoint")
                 run.save_state({**tracker.state(), "env": env.get_state()})
 
             def _on_step(self) -> bool:

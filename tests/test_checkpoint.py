@@ -1,0 +1,159 @@
+"""Agent checkpoints hold data only: a crafted or corrupt checkpoint is refused in one line and never executed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from autoprune.agents.ppo import make_ppo
+from autoprune.cli import cli
+from autoprune.constraints import Constraints
+from autoprune.envs.channel_prune import ChannelPruneEnv
+from autoprune.graph import build_channel_graph
+from autoprune.plan import Plan
+from autoprune.search.checkpoint import load_agent, save_agent
+from autoprune.search.config import SearchConfig
+from autoprune.search.runner import run_search
+
+
+class Marker:
+    """Unpickling this touches a file: proof that a loader ran code from the checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mknod, (str(self.path),))
+
+
+def cli_error(args: list[str]) -> str:
+    """The one stderr line of a CLI call that must fail with exit code 2."""
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, cache_dir) -> Path:
+    """A finished 17-evaluation search: its agent checkpoint was written after the first PPO update."""
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    config = SearchConfig(evaluations=17, rollout=8, out=str(out))
+    config.problem.eval_samples = 100
+    run_search(config, progress=False)
+    return out
+
+
+def killed_copy(finished: Path, tmp_path: Path) -> Path:
+    """A copy of the run as a SIGKILL after the checkpoint at evaluation 9 leaves it."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    scores = [float(r["score"]) for r in rows(run)[:9]]
+    best, keep = max(scores), Plan.load(run / "plan.json").mask
+    env = {"best_score": best, "best_keep": keep, "best_keep_score": best, "lagrange": 0.0, "evaluations": 9}
+    state = {"evaluations": 9, "best_score": best, "best_keep": keep, "seconds": 1.0, "env": env}
+    (run / "checkpoint" / "state.json").write_text(json.dumps({**state, "env": {**env, "recent_scores": scores}}))
+    for name in ("plan.json", "pruned.pt", "summary.md"):
+        (run / name).unlink()
+    return run
+
+
+def test_agent_checkpoint_is_data_and_round_trips(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU(), torch.nn.Conv2d(6, 4, 3))
+    graph = build_channel_graph(model, torch.zeros(1, 3, 8, 8))
+    weights = np.random.default_rng(0).random(graph.num_decisions)
+
+    def build():
+        env = ChannelPruneEnv(graph, lambda k: float(weights @ k), Constraints(flops=0.5))
+        return make_ppo(env, seed=1, n_steps=4, batch_size=4, n_epochs=2)
+
+    trained = build()
+    trained.learn(8)
+    save_agent(trained, tmp_path)
+    assert json.loads((tmp_path / "agent.json").read_text())["num_timesteps"] == 8
+    tensors = torch.load(tmp_path / "agent.pt", weights_only=True)  # loads without unpickling any code
+    assert tensors["optimizer"], "Adam's moments are saved"
+
+    fresh = build()
+    load_agent(fresh, tmp_path)
+    assert (fresh.num_timesteps, fresh._n_updates) == (8, trained._n_updates)
+    for a, b in zip(fresh.policy.state_dict().values(), trained.policy.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    ours, theirs = fresh.policy.optimizer.state_dict(), trained.policy.optimizer.state_dict()
+    assert ours["param_groups"] == theirs["param_groups"]
+    for index, state in theirs["state"].items():
+        for name, value in state.items():
+            torch.testing.assert_close(ours["state"][index][name], value)
+
+
+def test_resume_loads_the_data_checkpoint(finished, tmp_path) -> None:
+    run = killed_copy(finished, tmp_path)
+    result = CliRunner().invoke(cli, ["search", "--resume", str(run), "--quiet"])
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert [int(r["evaluation"]) for r in rows(run)] == list(range(1, 18))
+    assert Plan.load(run / "plan.json").metrics["evaluations"] == 17
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["agent.pt", "agent.zip"])
+def test_crafted_agent_pickle_does_not_run_on_resume(finished, tmp_path, legacy) -> None:
+    run = killed_copy(finished, tmp_path)
+    marker = tmp_path / "pwned"
+    ckpt = run / "checkpoint"
+    if legacy:  # what SB3's PPO.load would have unpickled
+        (ckpt / "agent.pt").unlink()
+        (ckpt / "agent.zip").write_bytes(pickle.dumps(Marker(marker)))
+        line = cli_error(["search", "--resume", str(run), "--quiet"])
+        assert "older autoprune" in line
+    else:
+        torch.save({"policy": Marker(marker), "optimizer": {}}, ckpt / "agent.pt")
+        line = cli_error(["search", "--resume", str(run), "--quiet"])
+        assert "unreadable" in line
+    assert not marker.exists()
+    assert len(rows(run)) == 9, "no evaluation was spent after the checkpoint's 9"
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        (lambda c: (c / "agent.pt").write_bytes((c / "agent.pt").read_bytes()[:300]), "unreadable"),
+        (lambda c: (c / "agent.pt").unlink(), "missing"),
+        (lambda c: (c / "agent.json").write_text('{"format": "autoprune-agent"'), "unreadable"),
+        (lambda c: (c / "agent.json").write_text('{"format": "autoprune-agent", "num_timesteps": -1}'), "fit"),
+        (lambda c: torch.save({"policy": {"w": torch.zeros(2)}, "optimizer": {}}, c / "agent.pt"), "fit"),
+        (
+            lambda c: torch.save({"policy": {}, "optimizer": {0: {"exp_avg": torch.zeros(1, 2, 3)}}}, c / "agent.pt"),
+            "fit",
+        ),
+    ],
+    ids=["truncated", "missing", "bad-json", "bad-counter", "wrong-weights", "wrong-moments"],
+)
+def test_corrupt_agent_checkpoint_is_one_line(finished, tmp_path, damage, fragment) -> None:
+    run = killed_copy(finished, tmp_path)
+    damage(run / "checkpoint")
+    assert fragment in cli_error(["search", "--resume", str(run), "--quiet"])
+
+
+def test_non_finite_agent_weights_are_refused(finished, tmp_path) -> None:
+    run = killed_copy(finished, tmp_path)
+    path = run / "checkpoint" / "agent.pt"
+    tensors = torch.load(path, weights_only=True)
+    name = next(iter(tensors["policy"]))
+    tensors["policy"][name] = torch.full_like(tensors["policy"][name], float("nan"))
+    torch.save(tensors, path)
+    assert "not finite" in cli_error(["search", "--resume", str(run), "--quiet"])
