@@ -1,25 +1,43 @@
-"""Connect this process to Ray: join a cluster, or start a private local one bound to 127.0.0.1."""
+"""Connect this process to Ray: join a cluster, or start a private local one bound to 127.0.0.1.
+
+A private local Ray listens on loopback only: GCS, raylet (node and object manager), workers, the driver, the
+dashboard and runtime-env agents and the metrics exporters. Ray 2.60 binds its gRPC servers to 127.0.0.1 exactly
+when the node's IP is 127.0.0.1, and the agents and metrics servers follow the node's IP, but `ray.init` replaces
+a loopback `_node_ip_address` by the machine's external address unless Ray thinks clusters are unsupported on this
+platform (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, as on macOS and Windows). `ensure_ray` says so for the length of
+the start, so the node is created on 127.0.0.1.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from autoprune.distributed.auth import ensure_local_token
 from autoprune.errors import AutopruneError
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+_SINGLE_NODE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def ensure_ray(address: str | None = None, num_cpus: float | None = None, num_gpus: float | None = None) -> bool:
     """Connect to Ray unless already connected; returns True when this call started a local instance.
 
-    With no `address` (and no `RAY_ADDRESS` in the environment, as Ray sets for job drivers) a local instance is
-    started with exactly the given resources, no dashboard, and its node on 127.0.0.1. Otherwise the cluster at
-    `address` (`auto`, `host:port` or `ray://host:10001`) is joined; on a token-authenticated cluster the token
-    comes from `RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH` or `~/.ray/auth_token` (with `RAY_AUTH_MODE=token`).
+    With no `address` (and no `RAY_ADDRESS` in the environment, as Ray sets for job drivers) a private local
+    instance is started with exactly the given resources, no dashboard, every port on 127.0.0.1, and the auth
+    token (where one has to be made) written with mode 0600. A cluster started with `ray start` on this machine
+    is not joined implicitly (that needs `--address auto`): one line on stderr says that a private instance is
+    started beside it. Otherwise the cluster at `address` (`auto`, `host:port` or `ray://host:10001`) is joined;
+    on a token-authenticated cluster the token comes from `RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH` or
+    `~/.ray/auth_token` (with `RAY_AUTH_MODE=token`).
 
     Args:
-        address: the cluster to join, or None for a local instance.
+        address: the cluster to join, or None for a private local instance.
         num_cpus: logical CPUs of a local instance (default: all cores).
         num_gpus: GPUs of a local instance (default: those detected).
 
@@ -43,15 +61,60 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None, num_gp
                 "cluster uses token authentication)"
             ) from None
         return False
-    ray.init(
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        include_dashboard=False,
-        dashboard_host="127.0.0.1",
-        _node_ip_address="127.0.0.1",
-        **quiet,
-    )
+    running = running_cluster()
+    if running:
+        log.warning(
+            "a Ray cluster started with `ray start` is running on this machine (%s); starting a private local Ray "
+            "on 127.0.0.1 instead of joining it (pass --address auto to use that cluster)",
+            running,
+        )
+    ensure_local_token()
+    with _loopback_node():
+        ray.init(
+            address="local",  # never the cluster in ray_current_cluster: that one has its own resources
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            dashboard_host=LOOPBACK,
+            _node_ip_address=LOOPBACK,
+            **quiet,
+        )
     return True
+
+
+def running_cluster() -> str | None:
+    """The address of the cluster that the last `ray start` on this machine recorded, while its GCS runs."""
+    from ray._private import services
+
+    recorded = services.find_bootstrap_address(None)
+    if not recorded:
+        return None
+    with contextlib.suppress(Exception):  # `ps` missing or unreadable: trust the record, as ray.init would
+        services.find_gcs_addresses.cache_clear()  # it caches what it found, even once that is gone
+        running = services.find_gcs_addresses()
+        port = recorded.rsplit(":", 1)[-1]
+        if not any(str(a).rsplit(":", 1)[-1] == port for a in running):
+            return None  # a stale record (the cluster was killed rather than stopped)
+    return recorded
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Keep a loopback node IP from being replaced by the external one while Ray starts (see the module doc)."""
+    from ray._private import ray_constants
+
+    before_env = os.environ.get(_SINGLE_NODE)
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_SINGLE_NODE] = "0"  # for the processes Ray starts now (raylet, agents; workers inherit it)
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read by `services.get_node_ip_address` in this process
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+        if before_env is None:
+            os.environ.pop(_SINGLE_NODE, None)
+        else:
+            os.environ[_SINGLE_NODE] = before_env
 
 
 def fit_experiment(
