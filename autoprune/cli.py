@@ -241,11 +241,15 @@ def _report(metrics: dict, out: str) -> None:
 @click.option("--tau", type=float, default=0.01, show_default=True, help="self-competition reward temperature")
 @click.option("--resume", "resume_dir", type=click.Path(), default=None, help="continue a killed run")
 def search(resume_dir, quiet, **opts) -> None:
-    """Search which channels to prune with the GAT policy and PPO (self-competition reward)."""
+    """Search which channels to prune with the GAT policy and PPO (self-competition reward).
+
+    With --resume, the run continues with its own config.json; of the options, only --trust-pickle applies
+    (permissions are never read from the run directory).
+    """
     from autoprune.search.runner import resume_search
 
     if resume_dir:
-        metrics = resume_search(resume_dir, progress=not quiet)
+        metrics = resume_search(resume_dir, progress=not quiet, trust_pickle=opts["trust_pickle"])
         _report(metrics, resume_dir)
         return
     config = _search_config("rl", opts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from torch import nn
 
 from autoprune.data import DataBundle, load_dataset
 from autoprune.errors import AutopruneError
+from autoprune.fields import check_types
 from autoprune.graph import ChannelGraph, build_channel_graph
 from autoprune.masking import MaskedEvaluator
 from autoprune.models import build_model, load_weights, model_spec
@@ -53,6 +55,22 @@ class ProblemConfig:
     """Round kept channels per group up to a multiple of this."""
     cache_dir: str | None = None
     """Cache for decoded data and the default model (default `$AUTOPRUNE_CACHE` or ~/.cache/autoprune)."""
+
+    def validate(self) -> None:
+        """Raise AutopruneError for settings that cannot work (checked before anything is loaded)."""
+        check_types(self)
+        for option, value, least in (
+            ("--eval-samples", self.eval_samples, 1),
+            ("eval_batch_size", self.eval_batch_size, 1),
+            ("--recalibrate-batches", self.recalibrate_batches, 0),
+            ("split_seed", self.split_seed, 0),
+            ("--min-channels", self.min_channels, 1),
+            ("--round-to", self.round_to, 1),
+        ):
+            if value < least:
+                raise AutopruneError(f"{option} must be at least {least}, got {value}")
+        if not 0 < self.val_size < math.inf or (self.val_size >= 1 and self.val_size != int(self.val_size)):
+            raise AutopruneError(f"val_size must be a fraction in (0, 1) or a whole count, got {self.val_size}")
 
 
 @dataclass
@@ -108,6 +126,7 @@ def load_model(config: ProblemConfig, num_classes: int) -> nn.Module:
 
 def load_problem(config: ProblemConfig) -> Problem:
     """Load model, data and graph, and set up masked scoring on the validation split."""
+    config.validate()
     device = resolve_device(config.device)
     spec = model_spec(config.model)
     if spec is None and ":" not in config.model:

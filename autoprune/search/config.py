@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoprune.atomic import atomic_write_text
+from autoprune.constraints import Constraints
+from autoprune.data._messages import one_line
 from autoprune.errors import AutopruneError
+from autoprune.fields import check_types
 from autoprune.problem import ProblemConfig
 
 METHODS = ("rl", "l1-uniform", "global-magnitude", "global-taylor", "random-search", "random-masks")
@@ -51,37 +56,72 @@ class SearchConfig:
     """Run directory: plan.json, pruned.pt, metrics.csv, tb/, checkpoint/, summary.md."""
 
     def validate(self) -> None:
-        """Raise AutopruneError for settings that cannot work."""
+        """Raise AutopruneError for settings that cannot work (the problem's included)."""
+        check_types(self)
+        self.problem.validate()
         if self.method not in METHODS:
             raise AutopruneError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
         if self.target_flops is None and self.target_params is None:
             raise AutopruneError("give a budget: --target-flops and/or --target-params")
+        Constraints(flops=self.target_flops, params=self.target_params)  # raises for ratios outside (0, 1]
         if self.evaluations < 1:
             raise AutopruneError("--evaluations must be at least 1")
         if self.workers < 1:
             raise AutopruneError("--workers must be at least 1")
         if self.steps_per_episode < 1 or self.rollout < 2:
             raise AutopruneError("--steps-per-episode must be >= 1 and --rollout >= 2")
+        if not 0 <= self.seed < 2**32:
+            raise AutopruneError(f"--seed must be in [0, 2**32), got {self.seed}")
+        for option, value in (("--learning-rate", self.learning_rate), ("--tau", self.tau)):
+            if not 0 < value < math.inf:
+                raise AutopruneError(f"{option} must be a positive finite number, got {value}")
+        if not 0 <= self.finetune_epochs < math.inf:
+            raise AutopruneError(f"--finetune-epochs must be a finite number >= 0, got {self.finetune_epochs}")
+        if not 0 <= self.gpus_per_worker < math.inf:
+            raise AutopruneError(f"--gpus-per-worker must be a finite number >= 0, got {self.gpus_per_worker}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> SearchConfig:
+        """The config of `to_dict`'s document; unknown keys are dropped, wrong types raise AutopruneError."""
+        if not isinstance(doc, dict) or not isinstance(doc.get("problem", {}), dict):
+            raise AutopruneError("a search config must be a JSON object with a `problem` object")
         doc = dict(doc)
-        problem = doc.pop("problem", {})
-        problem["ignore"] = tuple(problem.get("ignore", ()))
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(problem=ProblemConfig(**problem), **{k: v for k, v in doc.items() if k in names})
+        problem = dict(doc.pop("problem", {}))
+        if isinstance(problem.get("ignore"), list):
+            problem["ignore"] = tuple(problem["ignore"])
+        return cls(problem=_build(ProblemConfig, problem), **_known(cls, doc))
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=1))
+        """Write the config as JSON, atomically."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: Path) -> SearchConfig:
+        """Read and validate a config written by `save`; AutopruneError (one line) when missing or corrupt."""
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            config = cls.from_dict(json.loads(path.read_text()))
+            config.validate()
         except FileNotFoundError:
             raise AutopruneError(f"{path.parent} is not a run directory (no config.json)") from None
-        except (json.JSONDecodeError, TypeError) as exc:
+        except OSError as exc:
+            raise AutopruneError(f"cannot read {path}: {exc.strerror}") from None
+        except (ValueError, RecursionError) as exc:  # JSON and UTF-8 decoding errors are ValueErrors
+            raise AutopruneError(f"{path} is corrupt: {one_line(exc)}") from None
+        except AutopruneError as exc:
             raise AutopruneError(f"{path} is corrupt: {exc}") from None
+        return config
+
+
+def _known(cls: type, doc: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in doc.items() if k in names}
+
+
+def _build(cls: type, doc: dict[str, Any]) -> Any:
+    unknown = sorted(set(doc) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise AutopruneError(f"unknown {cls.__name__} field {unknown[0]!r}")
+    return cls(**doc)

@@ -8,13 +8,19 @@ and appear exactly once.
 from __future__ import annotations
 
 import csv
+import fcntl
+import itertools
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from autoprune.atomic import atomic_write_text
+from autoprune.data._messages import one_line
 from autoprune.errors import AutopruneError
 
 COLUMNS = (
@@ -28,38 +34,102 @@ COLUMNS = (
     "lagrange",
     "seconds",
 )
+LOCK = ".lock"
+"""The file a run's owner holds an exclusive `flock` on."""
 
 
 class RunDir:
     """Files of one search run.
 
     Args:
-        path: the run directory (created if missing).
+        path: the run directory (created by `locked`).
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "checkpoint").mkdir(exist_ok=True)
+        self.config_path = self.path / "config.json"
         self.metrics_path = self.path / "metrics.csv"
         self.state_path = self.path / "checkpoint" / "state.json"
         self._csv = None
         self._writer = None
         self._tb = None
 
+    # -- ownership -------------------------------------------------------------------------------------------
+    def check_new(self) -> None:
+        """Raise AutopruneError unless a new run can be written here (nothing is created yet)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise AutopruneError(f"--out {self.path} is a file; give a directory for the run")
+        if self.config_path.exists():
+            raise AutopruneError(
+                f"{self.path} already holds a run; continue it with --resume {self.path} or choose another --out"
+            )
+        existing = next(p for p in (self.path, *self.path.absolute().parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise AutopruneError(f"cannot create run directory {self.path}: {existing} is not a writable folder")
+
+    @contextmanager
+    def locked(self) -> Iterator[RunDir]:
+        """Hold this run's exclusive lock (creating the directory) while the block runs.
+
+        One process writes a run directory at a time: a second search with the same --out, or a --resume of a
+        running search, gets an AutopruneError. The kernel releases the lock when its holder exits or is killed.
+        """
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise AutopruneError(f"cannot create run directory {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AutopruneError(
+                f"{self.path} is in use by another autoprune process (a search or its --resume); wait for it to "
+                "finish, or choose another --out"
+            ) from None
+        try:
+            yield self
+        finally:
+            os.close(fd)
+
     # -- metrics ---------------------------------------------------------------------------------------------
-    def open_metrics(self, keep_rows: int) -> None:
-        """Start appending metrics after the first `keep_rows` evaluations (0: a new run)."""
-        rows: list[list[str]] = []
-        if keep_rows and self.metrics_path.exists():
-            with open(self.metrics_path, newline="") as f:
-                rows = list(csv.reader(f))[1 : keep_rows + 1]
+    def read_metrics(self, count: int) -> list[list[str]]:
+        """The first `count` rows of metrics.csv, checked: its header, evaluations 1..count in order, numbers."""
+        if count == 0:
+            return []
+        problem = None
+        try:
+            with open(self.metrics_path, newline="", encoding="utf-8") as f:
+                reader = csv.reader(f)
+                header = next(reader, None)
+                rows = list(itertools.islice(reader, count))
+        except FileNotFoundError:
+            problem = "is missing"
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            problem = f"is unreadable ({one_line(exc)[:120]})"
+        else:
+            if header != list(COLUMNS):
+                problem = "does not start with the metrics header"
+            elif len(rows) < count:
+                problem = f"has {len(rows)} rows"
+            else:
+                bad = next((i for i, row in enumerate(rows, 1) if not _valid_row(row, i)), None)
+                problem = None if bad is None else f"row {bad} is not evaluation {bad}'s metrics"
+        if problem:
+            raise AutopruneError(
+                f"{self.metrics_path} {problem}, but the checkpoint covers {count} evaluations; the run cannot be "
+                "resumed (start a new run)"
+            )
+        return rows
+
+    def open_metrics(self, rows: list[list[str]]) -> None:
+        """Rewrite metrics.csv with `rows` (from `read_metrics`; none for a new run), then append from there."""
         atomic_write_text(self.metrics_path, ",".join(COLUMNS) + "\n" + "".join(",".join(r) + "\n" for r in rows))
         self._csv = open(self.metrics_path, "a", newline="")  # noqa: SIM115 - closed in close()
         self._writer = csv.writer(self._csv)
         from torch.utils.tensorboard import SummaryWriter
 
-        self._tb = SummaryWriter(str(self.path / "tb"), purge_step=keep_rows + 1 if keep_rows else None)
+        self._tb = SummaryWriter(str(self.path / "tb"), purge_step=len(rows) + 1 if rows else None)
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one evaluation's metrics."""
@@ -77,14 +147,14 @@ class RunDir:
         if self._tb is not None:
             self._tb.flush()
 
-    def load_state(self) -> dict[str, Any] | None:
-        """The last checkpoint's state, or None when the run has none yet."""
+    def load_state(self) -> Any:
+        """The last checkpoint's state as parsed JSON (see `autoprune.search.state`), or None when there is none."""
         if not self.state_path.exists():
             return None
         try:
             return json.loads(self.state_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise AutopruneError(f"checkpoint {self.state_path} is corrupt: {exc}") from None
+        except (OSError, ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
+            raise AutopruneError(f"checkpoint {self.state_path} is corrupt: {one_line(exc)[:120]}") from None
 
     def close(self) -> None:
         if self._csv is not None:
@@ -93,6 +163,17 @@ class RunDir:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _valid_row(row: list[str], evaluation: int) -> bool:
+    """A metrics row of `evaluation`: one cell per column, each a number or empty."""
+    if len(row) != len(COLUMNS) or row[0] != str(evaluation):
+        return False
+    try:
+        [float(cell) for cell in row if cell]
+    except ValueError:
+        return False
+    return True
 
 
 def _fmt(value: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from autoprune.problem import Problem, load_problem
 from autoprune.search.config import SearchConfig
 from autoprune.search.report import finalize
 from autoprune.search.rundir import RunDir
+from autoprune.search.state import check_masks, check_state
 
 
 class Tracker:
@@ -64,34 +66,71 @@ class Tracker:
 
 
 def run_search(config: SearchConfig, progress: bool = True) -> dict[str, Any]:
-    """Start a new search in `config.out`; returns the final metrics."""
+    """Start a new search in `config.out`; returns the final metrics.
+
+    The run directory is created only once the problem is set up (a setup error leaves nothing behind), and
+    this process holds its lock until the results are written.
+    """
     config.validate()
     run = RunDir(config.out)
-    if (run.path / "config.json").exists():
-        raise AutopruneError(
-            f"{run.path} already holds a run; continue it with --resume {run.path} or choose another --out"
-        )
-    config.save(run.path / "config.json")
-    return _execute(config, run, state=None, progress=progress)
+    run.check_new()
+    problem, constraints = _setup(config)
+    with run.locked():
+        run.check_new()  # another search may have taken this --out during the setup
+        config.save(run.config_path)
+        return _execute(config, problem, constraints, run, state=None, rows=[], progress=progress)
 
 
-def resume_search(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Continue a killed search from its last checkpoint; evaluations after it are redone, none duplicated."""
+def resume_search(
+    run_dir: str | Path, progress: bool = True, trust_pickle: bool = False, cache_dir: str | None = None
+) -> dict[str, Any]:
+    """Continue a killed search from its last checkpoint; evaluations after it are redone, none duplicated.
+
+    The run directory is data: its files are checked before any evaluation is spent, and permissions come from
+    the caller, never from its config.json.
+
+    Args:
+        run_dir: the run directory of `run_search`.
+        progress: show a progress bar.
+        trust_pickle: allow weights files that need full unpickling (`--trust-pickle`).
+        cache_dir: cache for decoded data and the default model (default `$AUTOPRUNE_CACHE`).
+    """
     run = RunDir(run_dir)
-    config = SearchConfig.load(run.path / "config.json")
-    config.out = str(run.path)
-    return _execute(config, run, state=run.load_state(), progress=progress)
+    if not run.config_path.is_file():
+        raise AutopruneError(f"{run.path} is not a run directory (no config.json)")
+    with run.locked():
+        config = SearchConfig.load(run.config_path)
+        config.out = str(run.path)
+        config.problem = dataclasses.replace(config.problem, trust_pickle=trust_pickle, cache_dir=cache_dir)
+        state = run.load_state() if config.method == "rl" else None  # baselines restart: their stream is seeded
+        if state is not None:
+            check_state(state, config.evaluations, needs_env=True)
+        rows = run.read_metrics(state["evaluations"] if state else 0)
+        problem, constraints = _setup(config)
+        if state is not None:
+            check_masks(state, problem.graph, constraints)
+        return _execute(config, problem, constraints, run, state=state, rows=rows, progress=progress)
 
 
-def _execute(config: SearchConfig, run: RunDir, state: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
+def _setup(config: SearchConfig) -> tuple[Problem, Constraints]:
     problem = load_problem(config.problem)
     constraints = Constraints(flops=config.target_flops, params=config.target_params)
     check_feasible(problem.graph, constraints)
-    if config.method != "rl":
-        state = None  # baselines are cheap to restart and their candidate stream is seeded
+    return problem, constraints
+
+
+def _execute(
+    config: SearchConfig,
+    problem: Problem,
+    constraints: Constraints,
+    run: RunDir,
+    state: dict[str, Any] | None,
+    rows: list[list[str]],
+    progress: bool,
+) -> dict[str, Any]:
     done = int(state["evaluations"]) if state else 0
     best = (state["best_score"], state["best_keep"]) if state and state.get("best_keep") else None
-    run.open_metrics(keep_rows=done)
+    run.open_metrics(rows)
     tracker = Tracker(run, config.evaluations, done=done, best=best, progress=progress)
     tracker.elapsed_before = float(state["seconds"]) if state else 0.0
     try:

@@ -157,3 +157,119 @@ def test_non_finite_agent_weights_are_refused(finished, tmp_path) -> None:
     tensors["policy"][name] = torch.full_like(tensors["policy"][name], float("nan"))
     torch.save(tensors, path)
     assert "not finite" in cli_error(["search", "--resume", str(run), "--quiet"])
+
+
+def edit_json(path: Path, change) -> None:
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps(change(doc)))
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        (lambda s: [s], "is a JSON list"),
+        (lambda s: {k: v for k, v in s.items() if k != "best_keep"}, "lacks best_keep"),
+        (lambda s: {**s, "evaluations": "9"}, "evaluations must be an integer"),
+        (lambda s: {**s, "evaluations": 10**6}, "evaluations must be an integer in [0, 17]"),
+        (lambda s: {**s, "seconds": -1}, "seconds must be a finite number >= 0"),
+        (lambda s: {**s, "best_keep": [2] * len(s["best_keep"])}, "list of 0/1"),
+        (lambda s: {k: v for k, v in s.items() if k != "env"}, "env must be"),
+        (lambda s: {**s, "env": {**s["env"], "lagrange": "x"}}, "env lagrange"),
+        (lambda s: {**s, "env": {**s["env"], "recent_scores": None}}, "recent_scores"),
+    ],
+    ids=["list", "missing-key", "string-count", "over-budget", "negative-seconds", "not-bits", "no-env",
+         "env-type", "env-scores"],
+)  # fmt: skip
+def test_bad_state_json_is_refused_before_any_work(finished, tmp_path, damage, fragment) -> None:
+    run = killed_copy(finished, tmp_path)
+    edit_json(run / "checkpoint" / "state.json", damage)
+    metrics = (run / "metrics.csv").read_bytes()
+    line = cli_error(["search", "--resume", str(run), "--quiet"])
+    assert "state.json" in line and fragment in line
+    assert (run / "metrics.csv").read_bytes() == metrics
+
+
+@pytest.mark.parametrize("where", ["best_keep", "env"])
+def test_mask_of_the_wrong_length_is_refused_before_any_evaluation(finished, tmp_path, where) -> None:
+    run = killed_copy(finished, tmp_path)
+
+    def shorten(state):
+        target = state if where == "best_keep" else state["env"]
+        target["best_keep"] = target["best_keep"][:-1]
+        return state
+
+    edit_json(run / "checkpoint" / "state.json", shorten)
+    metrics = (run / "metrics.csv").read_bytes()
+    assert "this model has" in cli_error(["search", "--resume", str(run), "--quiet"])
+    assert (run / "metrics.csv").read_bytes() == metrics
+
+
+def test_best_mask_over_budget_is_refused(finished, tmp_path) -> None:
+    run = killed_copy(finished, tmp_path)
+    edit_json(run / "checkpoint" / "state.json", lambda s: {**s, "best_keep": [1] * len(s["best_keep"])})
+    assert "exceeds the run's budget" in cli_error(["search", "--resume", str(run), "--quiet"])
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (bytes(range(256)) * 8, "unreadable"),
+        (b"evaluation,score\n1,2\n", "header"),
+        (b"", "header"),
+        ("{header}\n1,0.9,0.9,0.5,0.5,,0,,1\n", "has 1 rows"),
+        ("{header}\n" + "".join(f"{i},x,1,1,1,,0,,1\n" for i in range(1, 10)), "row 1"),
+        ("{header}\n" + "".join(f"{i + 1},1,1,1,1,,0,,1\n" for i in range(1, 10)), "row 1"),
+    ],
+    ids=["binary", "other-csv", "empty", "short", "not-numbers", "misnumbered"],
+)
+def test_bad_metrics_csv_is_refused(finished, tmp_path, content, fragment) -> None:
+    run = killed_copy(finished, tmp_path)
+    if isinstance(content, str):
+        content = content.format(header=(run / "metrics.csv").read_text().splitlines()[0]).encode()
+    (run / "metrics.csv").write_bytes(content)
+    line = cli_error(["search", "--resume", str(run), "--quiet"])
+    assert "metrics.csv" in line and fragment in line
+    assert (run / "metrics.csv").read_bytes() == content
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        (lambda text: text[: len(text) // 2], "corrupt"),
+        (lambda text: "\x00\xff" + text, "corrupt"),
+        (lambda text: "[]", "JSON object"),
+        (lambda text: text.replace('"learning_rate": 0.003', '"learning_rate": NaN'), "--learning-rate"),
+        (lambda text: text.replace('"evaluations": 17', '"evaluations": "17"'), "evaluations must be of type int"),
+        (lambda text: text.replace('"model": "digits_cnn"', '"model": 7'), "model must be of type str"),
+        (lambda text: text.replace('"eval_samples": 100', '"eval_samples": 0'), "--eval-samples"),
+        (lambda text: text.replace('"seed": 0', '"seed": -1'), "--seed"),
+        (lambda text: text.replace('"cache_dir": null', '"cache": null'), "unknown ProblemConfig field"),
+    ],
+    ids=["truncated", "binary", "not-object", "nan", "string-int", "int-str", "zero-samples", "seed", "unknown"],
+)
+def test_corrupt_config_json_is_refused(finished, tmp_path, damage, fragment) -> None:
+    run = killed_copy(finished, tmp_path)
+    path = run / "config.json"
+    text = path.read_text()
+    path.write_text(damage(text))
+    assert damage(text) != text
+    metrics = (run / "metrics.csv").read_bytes()
+    line = cli_error(["search", "--resume", str(run), "--quiet"])
+    assert "config.json" in line and fragment in line
+    assert (run / "metrics.csv").read_bytes() == metrics
+
+
+def test_resume_takes_permissions_from_the_command_line_only(tmp_path, cache_dir) -> None:
+    """A config.json saying `trust_pickle: true` does not make resume unpickle the weights it names."""
+    marker = tmp_path / "pwned"
+    weights = tmp_path / "weights.pt"
+    torch.save({"state_dict": Marker(marker)}, weights)
+    run = tmp_path / "run"
+    run.mkdir()
+    config = SearchConfig(evaluations=4, out=str(run))
+    config.problem.weights, config.problem.trust_pickle, config.problem.cache_dir = str(weights), True, "/elsewhere"
+    config.save(run / "config.json")
+    line = cli_error(["search", "--resume", str(run), "--quiet"])
+    assert "--trust-pickle" in line
+    assert not marker.exists() and not Path("/elsewhere").exists()
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json"]
