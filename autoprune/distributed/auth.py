@@ -65,14 +65,14 @@ def ensure_local_token() -> Path | None:
 
 def is_private_address(address: str) -> bool:
     """Whether a token sent to `address` (a Jobs API URL) cannot be read on the way: HTTPS, or this machine."""
-    parts = urlsplit(address if "://" in address else f"http://{address}")  # Ray's default scheme is http
+    try:
+        parts = urlsplit(address if "://" in address else f"http://{address}")  # Ray's default scheme is http
+        host = parts.hostname or ""
+    except ValueError:  # e.g. an unclosed [IPv6 bracket
+        return False
     if parts.scheme == "https":
         return True
     if parts.scheme != "http":
-        return False
-    try:
-        host = parts.hostname or ""
-    except ValueError:
         return False
     if host == "localhost":
         return True

@@ -157,14 +157,18 @@ def tune_command(config_path, method, evaluations, target_flops, out, resume_dir
 @click.option("--python", default="python", show_default=True, help="the cluster's Python with autoprune installed")
 @click.option("--pip", multiple=True, help="runtime_env pip requirement for the job (repeatable)")
 @click.option("--env", "env_vars", multiple=True, help="KEY=VALUE environment variable for the job (repeatable)")
+@click.option("--force", is_flag=True, help="overwrite result files already in --download")
+@click.option("--insecure-token", is_flag=True, help="send the auth token over plain HTTP to another machine")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def submit(address, wait, job_id, download, token_file, python, pip, env_vars, command) -> None:
+def submit(address, wait, job_id, download, token_file, python, pip, env_vars, force, insecure_token, command) -> None:
     """Run `autoprune COMMAND...` on a Ray cluster as a Ray Job: submit -- search --target-flops 0.5 ...
 
     Follows the job's log and, when it ends, fetches plan.json, summary.md, metrics.csv and pruned.pt of its run
     directory through the log itself (no shared filesystem needed). The auth token comes from --token-file,
-    $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
+    $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, and goes only to 127.0.0.1/localhost or an
+    https:// address unless --insecure-token is given.
     """
+    from autoprune.distributed.results import check_destination
     from autoprune.distributed.submit import JobClient
 
     token = None
@@ -173,7 +177,9 @@ def submit(address, wait, job_id, download, token_file, python, pip, env_vars, c
             token = Path(token_file).read_text().strip()
         except OSError as exc:
             raise AutopruneError(f"cannot read --token-file {token_file}: {exc.strerror}") from None
-    client = JobClient(address, token)
+    if download and (wait or job_id):
+        check_destination(Path(download), force)  # before the job runs: its results would have nowhere to go
+    client = JobClient(address, token, insecure_token=insecure_token)
     if job_id is None:
         runtime_env: dict[str, Any] = {}
         if pip:
@@ -194,5 +200,8 @@ def submit(address, wait, job_id, download, token_file, python, pip, env_vars, c
     if status != "SUCCEEDED":
         raise client.failure(job_id, status)
     dest = Path(download or Path("runs") / job_id)
-    files = client.fetch_results(job_id, dest)
-    click.echo(f"job {job_id} succeeded; fetched {', '.join(f.name for f in files)} into {dest}")
+    files = client.fetch_results(job_id, dest, force=force)
+    if files is None:
+        click.echo(f"job {job_id} succeeded (its command writes no run directory: nothing to fetch)")
+    else:
+        click.echo(f"job {job_id} succeeded; fetched {', '.join(f.name for f in files)} into {dest}")

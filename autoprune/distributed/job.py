@@ -2,47 +2,38 @@
 
 `python -m autoprune.distributed.job --job-id ID -- search --target-flops 0.5 ...` runs `autoprune search ...`
 on the cluster (its run directory: the command's `--out`/`--resume`, else `<tmp>/autoprune-jobs/ID`), then prints
-the small result files (plan.json, summary.md, metrics.csv, pruned.pt, ...) as a base64 tar.gz between two
-marker lines. The submitting client reads them back from the job's log, so no shared filesystem is needed.
+the small result files (`results.RESULT_FILES`: plan.json, summary.md, metrics.csv, pruned.pt, ...) as a base64
+tar.gz between two marker lines. The submitting client reads them back from the job's log, so no shared
+filesystem is needed. A command that writes no run directory (`info`, `apply`, `--help`) runs as given and
+prints a line saying there are no results instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
-import io
 import subprocess
 import sys
-import tarfile
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-RESULT_FILES = (
-    "plan.json",
-    "summary.md",
-    "metrics.csv",
-    "pruned.pt",
-    "config.json",
-    "trials.csv",
-    "comparison.md",
-    "comparison.csv",
-    "comparison_summary.csv",
-)
-"""Files of a run (or sweep) directory sent back, where they exist."""
+from autoprune.distributed.results import BEGIN, END, NONE, RESULT_FILES, emit, pack
 
-MAX_BYTES = 64 * 2**20
-"""Files larger than this stay on the cluster (the plan is enough to rebuild the pruned model with `apply`)."""
+__all__ = ["BEGIN", "END", "RESULT_FILES", "RUN_COMMANDS", "emit", "main", "pack", "run_dir"]
 
-BEGIN = "=== autoprune results begin"
-END = "=== autoprune results end ==="
-_LINE = 76
+RUN_COMMANDS = ("search", "baseline", "sweep", "tune")
+"""The commands whose `--out` (or `--resume`) is a run directory; only these are given a default `--out`."""
 
 
-def run_dir(args: Sequence[str], job_id: str) -> tuple[list[str], Path]:
-    """The command's arguments with an `--out` added where it has none, and its run directory."""
+def run_dir(args: Sequence[str], job_id: str) -> tuple[list[str], Path | None]:
+    """The command's arguments, with an `--out` added where a run command has none, and its run directory.
+
+    Returns:
+        The arguments to run, and the run directory (None for a command that writes none, such as `info`).
+    """
     args = list(args)
+    if not args or args[0] not in RUN_COMMANDS or "--help" in args or "-h" in args:
+        return args, None
     for flag in ("--out", "--resume"):
         for i, arg in enumerate(args):
             if arg == flag and i + 1 < len(args):
@@ -51,33 +42,6 @@ def run_dir(args: Sequence[str], job_id: str) -> tuple[list[str], Path]:
                 return args, Path(arg.split("=", 1)[1])
     out = Path(tempfile.gettempdir()) / "autoprune-jobs" / job_id
     return [*args, "--out", str(out)], out
-
-
-def pack(directory: Path) -> tuple[bytes, list[str]]:
-    """A gzipped tar of the result files in `directory`, and notes on those left out."""
-    buffer = io.BytesIO()
-    notes = []
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name in RESULT_FILES:
-            path = directory / name
-            if not path.is_file():
-                continue
-            if path.stat().st_size > MAX_BYTES:
-                notes.append(f"{name} ({path.stat().st_size / 2**20:.0f} MiB) left on the cluster in {directory}")
-                continue
-            tar.add(path, arcname=name)
-    return buffer.getvalue(), notes
-
-
-def emit(payload: bytes, out=sys.stdout) -> None:
-    """Print `payload` as base64 lines between the markers (the first carries its size and SHA-256)."""
-    text = base64.b64encode(payload).decode()
-    digest = hashlib.sha256(payload).hexdigest()
-    out.write(f"{BEGIN} bytes={len(payload)} sha256={digest} ===\n")
-    for start in range(0, len(text), _LINE):
-        out.write(text[start : start + _LINE] + "\n")
-    out.write(END + "\n")
-    out.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,7 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, directory = run_dir(command, ns.job_id)
     print(f"autoprune job {ns.job_id}: running autoprune {' '.join(command)}", flush=True)
     code = subprocess.call([sys.executable, "-m", "autoprune.cli", *command])
-    if directory.is_dir():
+    if directory is None:
+        print(f"{NONE} (`autoprune {command[0]}` writes no run directory) ===", flush=True)
+    elif directory.is_dir():
         payload, notes = pack(directory)
         for note in notes:
             print(f"autoprune job {ns.job_id}: {note}", flush=True)

@@ -2,53 +2,32 @@
 
 The job runs `python -m autoprune.distributed.job`, which prints the run directory's small result files as a
 base64 tar.gz between marker lines at the end of its log; `fetch_results` cuts them out of the log and unpacks
-them locally, so client and cluster need no shared filesystem.
+them locally (`autoprune.distributed.results`: allowed names only, all or nothing, size-capped), so client and
+cluster need no shared filesystem.
 
 Token authentication (on by default for clusters started with `ray start` since Ray 2.59): the bearer token is
 taken from `token`, else `RAY_AUTH_TOKEN`, else the file named by `RAY_AUTH_TOKEN_PATH`, else
-`~/.ray/auth_token` (where `ray start` / `ray get-auth-token --generate` put it on the head).
+`~/.ray/auth_token` (where `ray start` / `ray get-auth-token --generate` put it on the head), and is sent only to
+this machine or over HTTPS unless the caller says otherwise (`autoprune.distributed.auth`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
-import io
-import os
-import re
 import shlex
-import tarfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from autoprune.distributed.job import BEGIN, END
+from autoprune.distributed.auth import check_token_destination, find_token
+from autoprune.distributed.results import BEGIN, END, HEADER, NONE, extract_payload, unpack
 from autoprune.errors import AutopruneError
 
+__all__ = ["TERMINAL", "JobClient", "LogFilter", "extract_payload", "find_token", "unpack"]
+
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-_HEADER = re.compile(r"bytes=(\d+) sha256=([0-9a-f]{64})")
-
-
-def find_token(token: str | None = None) -> str | None:
-    """The cluster's auth token: `token`, `RAY_AUTH_TOKEN`, the file at `RAY_AUTH_TOKEN_PATH`, `~/.ray/auth_token`."""
-    if token:
-        return token.strip()
-    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
-        return os.environ["RAY_AUTH_TOKEN"].strip()
-    path_env = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    if path_env:
-        try:
-            return Path(path_env).expanduser().read_text().strip() or None
-        except OSError as exc:
-            raise AutopruneError(f"RAY_AUTH_TOKEN_PATH={path_env} cannot be read: {exc.strerror}") from None
-    default = Path.home() / ".ray" / "auth_token"
-    if default.is_file():
-        return default.read_text().strip() or None
-    return None
 
 
 class JobClient:
@@ -57,9 +36,14 @@ class JobClient:
     Args:
         address: the cluster's dashboard (Jobs API) address.
         token: the auth token (default: see `find_token`).
+        insecure_token: allow sending the token over plain HTTP to another machine.
+
+    Raises:
+        AutopruneError: the token would travel in clear text (before anything is sent), or the cluster cannot be
+            reached or refuses the token.
     """
 
-    def __init__(self, address: str, token: str | None = None) -> None:
+    def __init__(self, address: str, token: str | None = None, insecure_token: bool = False) -> None:
         import logging
 
         from ray.job_submission import JobSubmissionClient
@@ -67,6 +51,7 @@ class JobClient:
         logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)  # no INFO line per stream end
         self.address = address
         token = find_token(token)
+        check_token_destination(address, token, insecure_token)
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
             self.client = JobSubmissionClient(address, headers=headers)
@@ -115,10 +100,14 @@ class JobClient:
             time.sleep(1.0)
         return status
 
-    def fetch_results(self, job_id: str, dest: str | Path) -> list[Path]:
-        """Unpack the results printed at the end of the job's log into `dest`; returns the files written."""
-        logs = self.client.get_job_logs(job_id)
-        return unpack(extract_payload(logs, job_id), Path(dest))
+    def fetch_results(self, job_id: str, dest: str | Path, force: bool = False) -> list[Path] | None:
+        """Unpack the results printed at the end of the job's log into `dest` (replacing files there if `force`).
+
+        Returns:
+            The files written, or None where the job's command writes no run directory (e.g. `info`).
+        """
+        payload = extract_payload(self.client.get_job_logs(job_id), job_id)
+        return None if payload is None else unpack(payload, Path(dest), force=force)
 
     def failure(self, job_id: str, status: str) -> AutopruneError:
         """A one-line error for a job that did not succeed, naming it and how to read its log."""
@@ -158,48 +147,12 @@ class LogFilter:
     def _line(self, line: str) -> None:
         if line.startswith(BEGIN):
             self._hiding = True
-            size = _HEADER.search(line)
+            size = HEADER.search(line)
             self.echo(f"[autoprune] results in the log ({int(size.group(1)) / 1024:.0f} KiB)" if size else line)
         elif self._hiding:
             self._hiding = line.strip() != END
-        else:
+        elif not line.startswith(NONE):  # the job's "no results" notice: the client says it in its own words
             self.echo(line)
-
-
-def extract_payload(logs: str, job_id: str = "the job") -> bytes:
-    """The bytes between the last pair of result markers in `logs`, checked against their size and SHA-256."""
-    lines = logs.splitlines()
-    starts = [i for i, ln in enumerate(lines) if ln.startswith(BEGIN)]
-    if not starts:
-        raise AutopruneError(f"{job_id} printed no results (its command wrote no run directory)")
-    start = starts[-1]
-    try:
-        end = lines.index(END, start)
-    except ValueError:
-        raise AutopruneError(f"the results in the log of {job_id} are cut short") from None
-    header = _HEADER.search(lines[start])
-    try:
-        payload = base64.b64decode("".join(ln.strip() for ln in lines[start + 1 : end]), validate=True)
-    except binascii.Error:
-        raise AutopruneError(f"the results in the log of {job_id} are garbled") from None
-    if header and (len(payload) != int(header.group(1)) or hashlib.sha256(payload).hexdigest() != header.group(2)):
-        raise AutopruneError(f"the results in the log of {job_id} fail their checksum")
-    return payload
-
-
-def unpack(payload: bytes, dest: Path) -> list[Path]:
-    """Write the plain files of a results tar into `dest` (anything else, e.g. a path with folders, is refused)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    written = []
-    with tarfile.open(fileobj=io.BytesIO(payload), mode="r:gz") as tar:
-        for member in tar.getmembers():
-            name = member.name
-            if not member.isfile() or Path(name).name != name or name in ("", ".", ".."):
-                raise AutopruneError(f"refusing results entry {name!r}: only plain file names are expected")
-            data = tar.extractfile(member).read()
-            (dest / name).write_bytes(data)
-            written.append(dest / name)
-    return written
 
 
 def _first_line(exc: BaseException | str) -> str:
