@@ -113,20 +113,41 @@ class DecisionHeads(nn.Module):
 
 
 class DecisionLogits(nn.Module):
-    """The action net: a shared linear score of each decision's latent plus a learned per-decision bias.
+    """The action net: each decision's keep logit from its latent, a learned per-decision bias and, where the
+    decisions' groups are given, a learned keep-width per group.
+
+    With groups, the logit of decision `i` in group `g` also gets ``slope · (rank_i + 0.5 − t_g)``: `rank_i` is
+    the channel's rank in its group by importance (0 = least important) and ``t_g = t0_g + size_g · (head(mean
+    of g's latents) + shift_g)`` is the group's learned cut, in channels. So one parameter per group moves how
+    many of its channels are kept, least important first ("this group keeps k"), while the per-decision terms
+    still let the agent keep or drop single channels. Parameters grow as H + D + G, never D².
 
     Args:
         latent_dim: H.
         num_decisions: D.
         init_logit: starting bias, one for all decisions (1.5 keeps a channel with probability 0.82) or one per
             decision (e.g. a ranking warm start, see `autoprune.agents.warm_start.ranking_logits`).
+        groups: group index of every decision (D,), 0..G-1; None: no group term.
+        rank: every decision's importance rank within its group (D,).
+        init_cut: t0, each group's starting cut in channels (G,): the `t0_g` least important channels of group
+            `g` start below the cut.
+        slope: logit change per channel of rank distance from the cut (learned; exploration shrinks as it grows).
 
     Shapes:
         - **input:** (B, D, H)
         - **output:** (B, D) logits of keeping each channel
     """
 
-    def __init__(self, latent_dim: int, num_decisions: int, init_logit: float | Sequence[float] = 1.5) -> None:
+    def __init__(
+        self,
+        latent_dim: int,
+        num_decisions: int,
+        init_logit: float | Sequence[float] = 1.5,
+        groups: Sequence[int] | None = None,
+        rank: Sequence[float] | None = None,
+        init_cut: Sequence[float] | None = None,
+        slope: float = 1.0,
+    ) -> None:
         super().__init__()
         self.score = nn.Linear(latent_dim, 1, bias=False)
         # A plain parameter rather than a Linear bias, so SB3's orthogonal init (which zeroes biases) keeps it.
@@ -138,20 +159,44 @@ class DecisionLogits(nn.Module):
                 f"init_logit needs one value per decision ({num_decisions}), got shape {tuple(init.shape)}"
             )
         self.bias = nn.Parameter(init.clone())
+        self.grouped = groups is not None
+        if self.grouped:
+            group = torch.as_tensor(groups, dtype=torch.long)
+            if group.shape != (num_decisions,) or rank is None or init_cut is None:
+                raise ValueError("groups needs one group per decision, with rank and init_cut")
+            cut = torch.as_tensor(init_cut, dtype=torch.float32)
+            self.register_buffer("group", group)
+            self.register_buffer("rank", torch.as_tensor(rank, dtype=torch.float32) + 0.5)
+            self.register_buffer("init_cut", cut)
+            self.register_buffer("size", torch.bincount(group, minlength=len(cut)).float())
+            self.group_head = nn.Linear(latent_dim, 1)
+            self.shift = nn.Parameter(torch.zeros(len(cut)))
+            self.log_slope = nn.Parameter(torch.tensor(float(slope)).log())
+
+    def cut(self, latent: Tensor) -> Tensor:
+        """(B, G) each group's cut in channels: how many of its least important channels fall below it."""
+        b, _, h = latent.shape
+        sums = latent.new_zeros(b, len(self.init_cut), h).index_add_(1, self.group, latent)
+        pooled = sums / self.size.view(1, -1, 1)
+        return self.init_cut + self.size * (self.group_head(pooled).squeeze(-1) + self.shift)
 
     def forward(self, latent: Tensor) -> Tensor:
-        return self.score(latent).squeeze(-1) + self.bias
+        logits = self.score(latent).squeeze(-1) + self.bias
+        if self.grouped:
+            logits = logits + self.log_slope.exp() * (self.rank - self.cut(latent)[:, self.group])
+        return logits
 
 
 class DecisionBernoulli(BernoulliDistribution):
     """SB3's Bernoulli distribution whose action net is `DecisionLogits` instead of a dense (H, D) layer."""
 
-    def __init__(self, action_dims: int, init_logit: float | Sequence[float] = 1.5) -> None:
+    def __init__(self, action_dims: int, init_logit: float | Sequence[float] = 1.5, **group_terms: Any) -> None:
         super().__init__(action_dims)
         self.init_logit = init_logit
+        self.group_terms = group_terms
 
     def proba_distribution_net(self, latent_dim: int) -> nn.Module:
-        return DecisionLogits(latent_dim, self.action_dims, self.init_logit)
+        return DecisionLogits(latent_dim, self.action_dims, self.init_logit, **self.group_terms)
 
 
 class GATPolicy(ActorCriticPolicy):
@@ -165,6 +210,9 @@ class GATPolicy(ActorCriticPolicy):
         action_space: `MultiBinary(D)`.
         lr_schedule: learning-rate schedule (given by the algorithm).
         init_keep_logit: initial logit of keeping each channel. (default: 1.5)
+        group_terms: `groups`, `rank`, `init_cut` (and optionally `slope`) of `DecisionLogits`, for a learned
+            keep-width per group (see `autoprune.agents.warm_start.WarmStart.group_terms`); None: per-decision
+            logits only.
         **kwargs: passed to `ActorCriticPolicy`.
     """
 
@@ -174,11 +222,13 @@ class GATPolicy(ActorCriticPolicy):
         action_space: spaces.MultiBinary,
         lr_schedule: Any,
         init_keep_logit: float | Sequence[float] = 1.5,
+        group_terms: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(action_space, spaces.MultiBinary) or len(action_space.shape) != 1:
             raise ValueError(f"GATPolicy needs a 1-D MultiBinary action space, got {action_space}")
         self.init_keep_logit = init_keep_logit  # read by _build, which the base constructor calls
+        self.group_terms = group_terms
         kwargs.setdefault("features_extractor_class", GraphFeaturesExtractor)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
@@ -186,12 +236,15 @@ class GATPolicy(ActorCriticPolicy):
         self.mlp_extractor = DecisionHeads(self.features_dim)
 
     def _build(self, lr_schedule: Any) -> None:
-        self.action_dist = DecisionBernoulli(int(self.action_space.shape[0]), self.init_keep_logit)
+        self.action_dist = DecisionBernoulli(
+            int(self.action_space.shape[0]), self.init_keep_logit, **(self.group_terms or {})
+        )
         super()._build(lr_schedule)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data["init_keep_logit"] = self.init_keep_logit
+        data["group_terms"] = self.group_terms
         return data
 
     def keep_logits(self, obs: dict[str, Tensor]) -> Tensor:

@@ -38,7 +38,7 @@ class SearchResult:
         best_score: its score.
         history: one record per evaluation, in order, with keys `evaluation` (1-based), `score`, `flops_ratio`,
             `params_ratio` and `best_score` (best so far).
-        evaluations: number of evaluations spent (== `len(history)`).
+        evaluations: evaluations spent: `len(history)` candidates plus probes (see `Harness.probe`).
         wall_time: seconds from the start of the search to its end.
     """
 
@@ -91,13 +91,15 @@ class Harness:
         self.budget = int(budget)
         self.on_eval = on_eval
         self.history: list[dict[str, float]] = []
+        self.probes = 0
         self.best_keep: np.ndarray | None = None
         self.best_score = -np.inf
         self.start = time.perf_counter()
 
     @property
     def evaluations(self) -> int:
-        return len(self.history)
+        """Evaluations spent: candidates scored and probes."""
+        return len(self.history) + self.probes
 
     @property
     def remaining(self) -> int:
@@ -126,6 +128,19 @@ class Harness:
         if self.on_eval is not None:
             self.on_eval(record)
         return score
+
+    def probe(self, keep: np.ndarray, probe_fn: ScoreFn | None = None) -> float:
+        """Score a mask that need not meet the budget (e.g. a sensitivity measurement): it counts as one
+        evaluation of the budget but is neither recorded as a candidate nor ever the best.
+
+        Args:
+            keep: any legal mask.
+            probe_fn: how to score it (default: the harness's score function).
+        """
+        if self.remaining <= 0:
+            raise BudgetExhausted(f"evaluation budget of {self.budget} spent")
+        self.probes += 1
+        return float((probe_fn or self.score_fn)(self.graph.check_mask(keep)))
 
     def result(self, method: str) -> SearchResult:
         """The search's outcome so far, as a `SearchResult` named `method`."""

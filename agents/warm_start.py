@@ -1,15 +1,17 @@
-"""Where the agent starts: torch-pruning's global ranking as the policy's most likely mask.
+"""Where the agent starts: a measured allocation of widths across groups, as the policy's most likely mask.
 
-A policy that starts from coin flips (or from independent magnitude-weighted coins) spends its whole budget of
-a few hundred evaluations rediscovering what a global importance ranking gives in one: measured on CIFAR-10
-ResNet-20, the agent then ended below the one-evaluation global ranking (bench/results). So the agent starts at
-the ranking instead, and PPO searches *around* it:
+A policy that starts from coin flips spends its whole budget of a few hundred evaluations rediscovering what a
+cheap rule gives in one; an agent that starts from torch-pruning's global ranking cuts residual streams channel
+by channel, which costs far more accuracy than their FLOPs suggest. So the agent starts where measurement says:
 
-- the per-decision starting logits have the ranking's mask as their mode, with a confidence that grows with the
-  channel's rank distance from the cut: a sample flips about 8 channels, near the cut; far ones almost never;
+- when the budget allows, every group is probed alone at a few widths (`baselines.sensitivity`; the probes count
+  against the budget) and widths are allocated by measured drop per unit of cost; otherwise the global
+  magnitude ranking's mask is the start;
+- the policy is parametrised per group (`autoprune.agents.policy.DecisionLogits`): each group's learned cut
+  starts where the start mask cuts it, least important channels first, so the start mask is the policy's mode,
+  and PPO moves whole groups' widths as well as single channels;
 - the first evaluation is that mode itself, so the self-competition reward asks from the start for masks that
-  beat the ranking;
-- the projection onto the budget drops the lowest-importance channels, the same order the ranking uses.
+  beat it; the measured sensitivities are also node features.
 """
 
 from __future__ import annotations
@@ -24,21 +26,38 @@ from autoprune.constraints import Constraints
 from autoprune.graph.channel_graph import ChannelGraph
 
 from .baselines import drop_lowest, group_importance
+from .baselines.sensitivity import Sensitivity, allocate
 
 
 @dataclass(frozen=True)
 class WarmStart:
-    """The ranking the agent starts from.
+    """Where the agent starts.
 
     Attributes:
         importance: normalised group importance of every decision (higher is more important).
-        keep: the ranking's feasible mask (lowest importance dropped until the budget holds).
-        logits: per-decision starting keep logits of the policy, with `keep` as their mode.
+        keep: the start's feasible mask (the policy's mode).
+        logits: per-decision starting keep logits of a policy without group terms, with `keep` as their mode.
+        group_terms: `DecisionLogits` group arguments whose mode is `keep` (per-decision logits start at 0).
+        sensitivity: the measured drops the allocation came from, if any.
     """
 
     importance: np.ndarray
     keep: np.ndarray
     logits: list[float]
+    group_terms: dict | None = None
+    sensitivity: Sensitivity | None = None
+
+
+def group_terms(graph: ChannelGraph, keep: np.ndarray, importance: np.ndarray, slope: float = 1.0) -> dict:
+    """`DecisionLogits` group arguments whose mode keeps, in each group, as many channels as `keep` does, the
+    most important first (which is `keep` itself when it keeps each group's top channels)."""
+    groups, rank, cut = [], [], []
+    for i, g in enumerate(graph.prunable_groups):
+        part = slice(g.offset, g.offset + g.size)
+        groups += [i] * g.size
+        rank += np.argsort(np.argsort(importance[part], kind="stable"), kind="stable").tolist()
+        cut.append(float(g.size - keep[part].sum()))
+    return {"groups": groups, "rank": [float(r) for r in rank], "init_cut": cut, "slope": slope}
 
 
 def ranking_logits(keep: np.ndarray, importance: np.ndarray, margin: float = 2.0, flips: float = 8.0) -> np.ndarray:
@@ -65,8 +84,19 @@ def ranking_warm_start(
     example_input: torch.Tensor,
     graph: ChannelGraph,
     constraints: Constraints,
+    sensitivity: Sensitivity | None = None,
 ) -> WarmStart:
-    """Torch-pruning's global magnitude ranking (see `group_importance`) as the agent's start."""
+    """The agent's start: the allocation from `sensitivity` where given, else torch-pruning's global magnitude
+    ranking; channels within a group are ordered by the ranking's importance (see `group_importance`)."""
     importance = group_importance(model, example_input, graph, "magnitude")
-    keep = drop_lowest(graph, constraints, importance)
-    return WarmStart(importance=importance, keep=keep, logits=ranking_logits(keep, importance).tolist())
+    if sensitivity is None:
+        keep = drop_lowest(graph, constraints, importance)
+    else:
+        keep = allocate(graph, constraints, sensitivity, importance)
+    return WarmStart(
+        importance=importance,
+        keep=keep,
+        logits=ranking_logits(keep, importance).tolist(),
+        group_terms=group_terms(graph, keep, importance),
+        sensitivity=sensitivity,
+    )

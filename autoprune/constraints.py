@@ -120,6 +120,60 @@ def project(
     return dropped(lo)
 
 
+def rescale(
+    graph: ChannelGraph, keep: np.ndarray, constraints: Constraints, priority: np.ndarray | None = None
+) -> np.ndarray:
+    """The mask that scales every group's kept count in `keep` by one common factor, as far as the budget allows.
+
+    Unlike `project`, which drops the cheapest-to-lose channels wherever they are, this keeps the proposal's
+    allocation across groups: it is shrunk when over budget and grown when under it, so what a proposal chooses
+    is how wide each group is relative to the others, and the candidate uses the whole budget. Within a group
+    the kept channels go last and come back first, each set in order of priority. It is the agent's projection.
+
+    Args:
+        graph: the channel graph.
+        keep: proposed 0/1 mask.
+        constraints: the budgets.
+        priority: higher means more worth keeping (default: weight L1 of the channel).
+
+    Returns:
+        A legal mask within every budget (the largest common factor that fits, on the grid of whole channels).
+    """
+    priority = graph.channel_stats[:, 0] if priority is None else np.asarray(priority, dtype=np.float64)
+    keep = graph.legalize(keep, priority)
+    orders, counts = [], []
+    for g in graph.prunable_groups:
+        idx = g.offset + np.arange(g.size)
+        kept = idx[keep[idx] == 1]
+        dropped = idx[keep[idx] == 0]
+        orders.append(
+            np.concatenate([kept[np.argsort(-priority[kept], kind="stable")],
+                            dropped[np.argsort(-priority[dropped], kind="stable")]])
+        )  # fmt: skip
+        counts.append(len(kept))
+
+    def scaled(factor: float) -> np.ndarray:
+        out = np.zeros_like(keep)
+        for order, count in zip(orders, counts, strict=True):
+            out[order[: min(len(order), int(np.ceil(factor * count - 1e-9)))]] = 1
+        return graph.legalize(out, priority)
+
+    # Only factors at which some group gains or loses a channel change the mask.
+    factors = np.unique(
+        np.concatenate([[0.0]] + [np.arange(len(o) + 1) / c for o, c in zip(orders, counts, strict=True) if c])
+    )
+    if not constraints.feasible(graph, scaled(0.0)):
+        return project(graph, keep, constraints, priority)  # the floors alone break the budget
+    lo, hi = 0, len(factors) - 1
+    while lo < hi:  # largest factor that fits
+        mid = (lo + hi + 1) // 2
+        if constraints.feasible(graph, scaled(factors[mid])):
+            lo = mid
+        else:
+            hi = mid - 1
+    return scaled(factors[lo])
+
+
 def fill(
     graph: ChannelGraph, keep: np.ndarray, constraints: Constraints, priority: np.ndarray | None = None
 ) -> np.ndarray:

@@ -3,30 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from autoprune.constraints import Constraints, check_feasible, project
+from autoprune.constraints import Constraints, check_feasible, rescale
 from autoprune.graph.channel_graph import ChannelGraph
 from autoprune.graph.features import GraphFeatures
 
+if TYPE_CHECKING:
+    from autoprune.scoring import ScoreRecord
+
 from .rewards import RECENT_SCORES, REWARDS, adaptive_tau, dual_ascent, lagrangian_penalty
 
-ScoreFn = Callable[[np.ndarray], float]
-"""Scores a feasible keep-mask (one 0/1 per decision); higher is better, e.g. `MaskedEvaluator`."""
+ScoreFn = Callable[[np.ndarray], "float | ScoreRecord"]
+"""Scores a feasible keep-mask (one 0/1 per decision); higher is better, e.g. `SlicedScorer.score`, whose
+`ScoreRecord` also says how many images the score cost (reported as `images` in the step info)."""
 
 
 class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     """Propose a keep-mask over a network's channels; the env makes it feasible, scores it and rewards progress.
 
     Each step is one candidate evaluation. The action is one keep (1) / prune (0) bit per decision (a coupled
-    channel). The env projects it onto the budget (`autoprune.constraints.project`), so every scored mask is
-    feasible, scores the projection with `score_fn`, and pays the competition reward of that score against the
-    best feasible score so far (see `autoprune.envs.rewards`) minus a Lagrangian penalty on how far the raw
-    proposal broke the budget. The multiplier follows dual ascent on the proposal's signed excess, so the policy
+    channel). The env scales it onto the budget (`autoprune.constraints.rescale`: every group's kept count is
+    multiplied by one common factor, down when over budget, up when under it, so the proposal's allocation across
+    groups survives and every candidate uses the budget), so every scored mask is feasible, scores the
+    projection with `score_fn`, and pays the competition reward of that score against the best feasible score
+    so far (see `autoprune.envs.rewards`) minus a Lagrangian penalty on how far the raw proposal broke the
+    budget. The multiplier follows dual ascent on the proposal's signed excess, so the policy
     learns to propose feasible masks itself while the projection guarantees feasibility.
 
     The search state (best score, best mask, multiplier, evaluation count) persists across episodes. A seeded
@@ -42,7 +48,8 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     Action: `MultiBinary(D)`.
 
     Info: `score`, `flops_ratio`, `params_ratio` (of the projected mask `keep`), `violation` (of the raw
-    proposal), `keep`, `best_score`, `lagrange` (after this step's update), `evaluations`, `proposal_flops_ratio`.
+    proposal), `keep`, `best_score`, `lagrange` (after this step's update), `evaluations`, `proposal_flops_ratio`,
+    and `images` (images forwarded, where the score function reports it).
 
     Args:
         graph: the network's channel graph.
@@ -55,8 +62,12 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             this and the spread of the last 32 scores (`adaptive_tau`), so the reward never saturates at -1.
         lagrange_lr: dual-ascent step size of the multiplier.
         priority: per-decision priority for the projection (higher survives; default weight L1).
+        sensitivity: measured accuracy drop per prunable group at half width (a node feature; see
+            `autoprune.graph.features.GraphFeatures`).
 
     Version History:
+        v1: proposals are scaled onto the budget group by group (`rescale`, also up) instead of losing their
+            cheapest channels anywhere (`project`); node features gain producers, merged, rank and sensitivity.
         v0: initial version.
     """
 
@@ -72,6 +83,7 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         tau: float = 0.01,
         lagrange_lr: float = 0.05,
         priority: np.ndarray | None = None,
+        sensitivity: np.ndarray | None = None,
     ) -> None:
         if steps_per_episode < 1:
             raise ValueError(f"steps_per_episode must be at least 1, got {steps_per_episode}")
@@ -91,7 +103,7 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.tau = tau
         self.lagrange_lr = lagrange_lr
         self.priority = priority
-        self.features = GraphFeatures(graph)
+        self.features = GraphFeatures(graph, sensitivity)
         self.target = constraints.flops if constraints.flops is not None else 1.0
 
         n, d = self.features.num_nodes, graph.num_decisions
@@ -134,8 +146,9 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
         proposal_ratios = self.constraints.ratios(self.graph, proposal)
         violation = self.constraints.violation(self.graph, proposal)
-        keep = project(self.graph, proposal, self.constraints, self.priority)
-        score = float(self.score_fn(keep))
+        keep = rescale(self.graph, proposal, self.constraints, self.priority)
+        result = self.score_fn(keep)
+        score = float(getattr(result, "score", result))
 
         tau = adaptive_tau(self._recent, self.tau)
         reward = self._competition(score, self._best_score, tau) - lagrangian_penalty(violation, self._lagrange)
@@ -160,6 +173,7 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "lagrange": self._lagrange,
             "evaluations": self._evaluations,
             "proposal_flops_ratio": proposal_ratios["flops"],
+            "images": getattr(result, "images", None),
         }
         return self._observation(), float(reward), self._steps >= self.steps_per_episode, False, info
 

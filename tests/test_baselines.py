@@ -20,6 +20,8 @@ from autoprune.agents.baselines import (
     run_baseline,
     uniform_mask,
 )
+from autoprune.agents.baselines.sensitivity import Sensitivity, allocate, probes_needed
+from autoprune.agents.baselines.structural import structural_mask
 from autoprune.agents.search_result import BudgetExhausted, Harness, SearchResult
 from autoprune.constraints import Constraints
 from autoprune.errors import AutopruneError
@@ -30,7 +32,7 @@ from autoprune.nn import CUSTOM_PRUNERS
 
 HALF = Constraints(flops=0.5)
 RANDOM = ("random-search", "random-masks")
-DETERMINISTIC = ("l1-uniform", "global-magnitude", "global-taylor")
+DETERMINISTIC = ("structural", "l1-uniform", "global-magnitude", "global-taylor")
 
 
 class Problem:
@@ -48,12 +50,14 @@ class Problem:
         """A score we control: the summed weight of the kept channels."""
         return float(self.weights @ keep)
 
-    def run(self, name: str, constraints: Constraints = HALF, budget: int = 6, seed: int = 0, **kw) -> SearchResult:
+    def run(
+        self, name: str, constraints: Constraints = HALF, budget: int = 6, seed: int = 0, score_fn=None, **kw
+    ) -> SearchResult:
         return run_baseline(
             name,
             self.graph,
             constraints,
-            self.score,
+            score_fn or self.score,
             budget=budget,
             seed=seed,
             model=self.model,
@@ -80,14 +84,17 @@ def problem() -> Problem:
 @pytest.mark.parametrize("name", sorted(BASELINES))
 def test_feasible_and_within_budget(problem: Problem, name: str) -> None:
     seen = []
-    result = problem.run(name, budget=6, on_eval=seen.append)
     graph = problem.graph
+    budget = probes_needed(graph) + 4
+    result = problem.run(name, budget=budget, on_eval=seen.append)
     assert result.method == name
     assert graph.flops(result.best_keep) / graph.base_flops <= 0.5 + 1e-9
     assert result.best_keep.dtype == np.int8 and result.best_keep.shape == (graph.num_decisions,)
-    assert len(result.history) == result.evaluations == (6 if name in RANDOM else 1)
+    assert len(result.history) == (budget if name in RANDOM else 1)
+    # Sensitivity probes (the unpruned network and every group at every width) count against the budget.
+    assert result.evaluations == len(result.history) + (probes_needed(graph) + 1 if name == "sensitivity" else 0)
     assert seen == result.history
-    assert [r["evaluation"] for r in result.history] == list(range(1, result.evaluations + 1))
+    assert [r["evaluation"] for r in result.history][-1] == result.evaluations
     assert all(r["flops_ratio"] <= 0.5 + 1e-9 for r in result.history)
     assert result.best_score == max(r["score"] for r in result.history) == result.history[-1]["best_score"]
     assert result.best_score == problem.score(result.best_keep)
@@ -200,7 +207,7 @@ def test_infeasible_target_is_a_clear_error(problem: Problem, name: str) -> None
 
 
 def test_bad_arguments(problem: Problem) -> None:
-    with pytest.raises(AutopruneError, match="unknown baseline 'nope'; choose one of l1-uniform"):
+    with pytest.raises(AutopruneError, match="unknown baseline 'nope'; choose one of structural"):
         problem.run("nope")
     with pytest.raises(AutopruneError, match="needs a few labelled training batches"):
         group_importance(problem.model, problem.example_input, problem.graph, "taylor")
@@ -244,8 +251,62 @@ def test_trained_model_scores_are_accuracies() -> None:
     evaluate = MaskedEvaluator(model, graph, data.batches("val", 144), recalibration=data.batches("train", 128, 256))
     for name in sorted(BASELINES):
         result = run_baseline(
-            name, graph, HALF, evaluate, budget=3, seed=0, model=model, example_input=example, batches=train[:2]
+            name,
+            graph,
+            HALF,
+            evaluate,
+            budget=probes_needed(graph) + 2,
+            seed=0,
+            model=model,
+            example_input=example,
+            batches=train[:2],
         )
         assert result.best_score == evaluate(result.best_keep)
         assert result.best_score > 0.4, name  # chance is 0.1
     assert math.isfinite(result.wall_time) and result.wall_time > 0
+
+
+def test_structural_rule_keeps_merged_groups_whole_while_the_budget_allows() -> None:
+    model = build_model("resnet20").eval()
+    graph = build_channel_graph(model, torch.zeros(1, 3, 32, 32))
+    merged = [graph.crosses_merge(g) for g in graph.prunable_groups]
+    assert sum(merged) == 3  # the three residual streams, found from the graph alone
+    for target, streams_whole in ((0.5, True), (0.03, False)):
+        keep = structural_mask(graph, Constraints(flops=target))
+        assert graph.flops(keep) / graph.base_flops <= target + 1e-9
+        widths = [keep[g.offset : g.offset + g.size].mean() for g in graph.prunable_groups]
+        stream_widths = [w for w, m in zip(widths, merged, strict=True) if m]
+        inner_widths = [w for w, m in zip(widths, merged, strict=True) if not m]
+        assert all(w == 1.0 for w in stream_widths) == streams_whole
+        if streams_whole:
+            assert max(inner_widths) - min(inner_widths) < 0.1  # one uniform ratio for the rest
+        else:
+            assert max(inner_widths) < 0.1  # the inner groups at their floor, the streams cut
+
+
+def test_sensitivity_allocation_spares_the_group_that_costs_accuracy(problem: Problem) -> None:
+    graph = problem.graph
+    fragile = max(range(len(graph.prunable_groups)), key=lambda i: graph.prunable_groups[i].size)
+    g = graph.prunable_groups[fragile]
+
+    def score(keep: np.ndarray) -> float:  # cutting `fragile` costs 10 per channel, any other channel 0.1
+        lost = 1 - keep
+        return -10 * lost[g.offset : g.offset + g.size].sum() - 0.1 * lost.sum()
+
+    result = problem.run("sensitivity", budget=probes_needed(graph) + 2, score_fn=score)
+    assert result.best_keep[g.offset : g.offset + g.size].all()
+    assert graph.flops(result.best_keep) / graph.base_flops <= 0.5 + 1e-9
+    with pytest.raises(AutopruneError, match="needs at least"):
+        problem.run("sensitivity", budget=probes_needed(graph) + 1, score_fn=score)
+
+
+def test_allocation_cuts_by_drop_per_cost() -> None:
+    model = build_model("resnet20").eval()
+    graph = build_channel_graph(model, torch.zeros(1, 3, 32, 32))
+    n = len(graph.prunable_groups)
+    drops = np.full((n, 3), 0.01)
+    drops[0] = [0.9, 0.6, 0.3]  # the first group (a stream) is fragile, the rest are cheap to cut
+    keep = allocate(graph, HALF, Sensitivity(np.array([0.25, 0.5, 0.75]), drops))
+    first = graph.prunable_groups[0]
+    assert keep[first.offset : first.offset + first.size].all()
+    assert graph.flops(keep) / graph.base_flops <= 0.5 + 1e-9

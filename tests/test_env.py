@@ -83,7 +83,7 @@ def test_sb3_check_env_passes_with_only_allowed_warnings(graph, steps_per_episod
 
 def test_make_builds_registered_env(graph):
     env = gymnasium.make(ENV_ID, graph=graph, score_fn=Score(graph), constraints=HALF, steps_per_episode=2)
-    assert env.spec.id == "autoprune/ChannelPrune-v0"
+    assert env.spec.id == "autoprune/ChannelPrune-v1"
     assert isinstance(env.unwrapped, ChannelPruneEnv)
     obs, _ = env.reset(seed=0)
     assert env.observation_space.contains(obs)

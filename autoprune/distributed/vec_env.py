@@ -50,6 +50,7 @@ class SearchEnvFactory:
         steps_per_episode: see `ChannelPruneEnv`.
         tau: self-competition reward temperature.
         priority: per-decision priority of the projection (see `ChannelPruneEnv`).
+        sensitivity: per-group measured drops, a node feature (see `ChannelPruneEnv`).
     """
 
     problem: ProblemConfig
@@ -57,6 +58,7 @@ class SearchEnvFactory:
     steps_per_episode: int = 1
     tau: float = 0.01
     priority: np.ndarray | None = None
+    sensitivity: np.ndarray | None = None
 
     def __call__(self) -> gym.Env:
         from autoprune.envs.channel_prune import ChannelPruneEnv
@@ -65,11 +67,12 @@ class SearchEnvFactory:
         problem = load_problem(self.problem)
         return ChannelPruneEnv(
             problem.graph,
-            problem.score,
+            problem.evaluator.score,
             self.constraints,
             steps_per_episode=self.steps_per_episode,
             tau=self.tau,
             priority=self.priority,
+            sensitivity=self.sensitivity,
         )
 
 
@@ -378,10 +381,16 @@ def _kill(actor: Any) -> None:
         ray.kill(actor, no_restart=True)
 
 
-def ray_search_env(config: SearchConfig, constraints: Constraints, priority: np.ndarray | None = None) -> RayVecEnv:
+def ray_search_env(
+    config: SearchConfig,
+    constraints: Constraints,
+    priority: np.ndarray | None = None,
+    sensitivity: np.ndarray | None = None,
+) -> RayVecEnv:
     """The `RayVecEnv` of a search: `config.workers` actors (1 CPU and `config.gpus_per_worker` GPUs each).
 
-    `priority` orders the projection of every worker's env (see `ChannelPruneEnv`).
+    `priority` orders the projection of every worker's env and `sensitivity` is a node feature (see
+    `ChannelPruneEnv`).
 
     Joins `config.address`, or starts a local Ray sized for the workers (shut down again by `close()`).
     """
@@ -402,5 +411,5 @@ def ray_search_env(config: SearchConfig, constraints: Constraints, priority: np.
     problem = config.problem
     if config.gpus_per_worker == 0 and problem.device == "auto":
         problem = replace(problem, device="cpu")  # a worker without a reserved GPU must not crowd onto one
-    factory = SearchEnvFactory(problem, constraints, config.steps_per_episode, config.tau, priority)
+    factory = SearchEnvFactory(problem, constraints, config.steps_per_episode, config.tau, priority, sensitivity)
     return RayVecEnv([factory] * workers, num_cpus=1, num_gpus=config.gpus_per_worker, owns_ray=owns)

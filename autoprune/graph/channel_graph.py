@@ -187,6 +187,21 @@ class ChannelGraph:
             result.setdefault(module, {})[side] = kept.tolist()
         return result
 
+    def producers(self, group: ChannelGroup) -> int:
+        """Weight layers (conv, grouped conv, linear) whose output channels the group prunes: 2 or more means
+        their outputs are summed (a residual add), so the group is a stream shared by all of them."""
+        kinds = ("conv", "gconv", "linear")
+        return len(
+            {m.module for m in group.members if m.side == OUT and m.module and self.layers[m.module].kind in kinds}
+        )
+
+    def crosses_merge(self, group: ChannelGroup) -> bool:
+        """Whether the group's channels merge with other layers' channels: summed by a residual add (several
+        producers) or re-indexed on the way into a consumer, as a concat does."""
+        if self.producers(group) > 1:
+            return True
+        return any(m.side == IN and not np.array_equal(m.channel_idx, m.root_idx) for m in group.members)
+
     def summary(self) -> str:
         """A human-readable overview: groups, decisions, costs, and what cannot be pruned and why."""
         lines = [

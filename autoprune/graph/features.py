@@ -28,6 +28,10 @@ FEATURES = (
         "bn_gamma",
         "act_mean",
         "width",
+        "producers",
+        "merged",
+        "rank",
+        "sensitivity",
         "keep",
         "flops_ratio",
         "target",
@@ -43,6 +47,8 @@ class GraphFeatures:
 
     Args:
         graph: the channel graph.
+        sensitivity: per prunable group, the measured accuracy drop of cutting it alone to half its width
+            (`autoprune.agents.baselines.sensitivity`); the feature is 0 where none was measured.
 
     Attributes:
         edge_index: (2, E) int64 edges, both directions.
@@ -50,7 +56,7 @@ class GraphFeatures:
         num_nodes: traced nodes plus decisions.
     """
 
-    def __init__(self, graph: ChannelGraph) -> None:
+    def __init__(self, graph: ChannelGraph, sensitivity: np.ndarray | None = None) -> None:
         self.graph = graph
         trace = graph.trace
         n_traced, n_dec = len(trace.node_names), graph.num_decisions
@@ -98,6 +104,15 @@ class GraphFeatures:
                 x[sl, col["kernel"]] = root.kernel / 9
                 x[sl, col["stride"]] = root.stride / 2
             x[sl, col["width"]] = g.size / max_group
+            x[sl, col["producers"]] = np.log1p(graph.producers(g)) / np.log(2) / 4  # 1 producer: 0.25
+            x[sl, col["merged"]] = float(graph.crosses_merge(g))
+            l1 = graph.channel_stats[g.offset : g.offset + g.size, 0]
+            x[sl, col["rank"]] = (np.argsort(np.argsort(l1, kind="stable"), kind="stable") + 0.5) / g.size
+        if sensitivity is not None:
+            drops = np.maximum(np.asarray(sensitivity, dtype=np.float64), 0.0)
+            scale = drops.max() if drops.size and drops.max() > 0 else 1.0
+            for g, drop in zip(graph.prunable_groups, drops / scale, strict=True):
+                x[rows[g.offset : g.offset + g.size], col["sensitivity"]] = drop
         # A channel's share relative to the average channel (1.0), log-compressed: stream channels reach ~25.
         x[rows, col["flops_share"]] = np.log1p(flops_marginal / max(graph.base_flops, 1) * max(n_dec, 1))
         x[rows, col["params_share"]] = np.log1p(params_marginal / max(graph.base_params, 1) * max(n_dec, 1))

@@ -1,0 +1,53 @@
+"""Projections onto the budget: `rescale` keeps a proposal's allocation across groups and uses the budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from autoprune.constraints import Constraints, project, rescale
+from autoprune.graph import build_channel_graph
+from autoprune.models import build_model
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return build_channel_graph(build_model("resnet20").eval(), torch.zeros(1, 3, 32, 32))
+
+
+def widths(graph, keep: np.ndarray) -> np.ndarray:
+    return np.array([keep[g.offset : g.offset + g.size].sum() for g in graph.prunable_groups])
+
+
+@pytest.mark.parametrize("density", [0.3, 0.7, 1.0])
+def test_rescale_scales_every_group_by_one_factor_and_uses_the_budget(graph, density: float) -> None:
+    half = Constraints(flops=0.5)
+    rng = np.random.default_rng(int(density * 10))
+    proposal = (rng.random(graph.num_decisions) < density).astype(np.int8)
+    proposal[: graph.prunable_groups[0].size] = 1  # the first stream whole in the proposal
+    keep = rescale(graph, proposal, half)
+    ratio = graph.flops(keep) / graph.base_flops
+    assert ratio <= 0.5 + 1e-9
+    assert ratio > 0.47  # grown or shrunk to the budget, up to whole channels
+    before, after = widths(graph, graph.legalize(proposal)), widths(graph, keep)
+    factor = after / before
+    sizes = np.array([g.size for g in graph.prunable_groups])
+    free = after < sizes  # groups not capped at their full width
+    assert factor[free].max() - factor[free].min() < 0.35  # one common factor, up to rounding of small groups
+    if density == 1.0:  # over budget: kept channels go least important first, none come back
+        assert not (keep & (1 - proposal)).any()
+
+
+def test_rescale_keeps_a_whole_group_whole_where_project_cuts_it(graph) -> None:
+    half = Constraints(flops=0.5)
+    stream = graph.prunable_groups[0]
+    proposal = np.zeros(graph.num_decisions, dtype=np.int8)
+    for g in graph.prunable_groups:
+        proposal[g.offset : g.offset + (g.size if g is stream else int(0.85 * g.size))] = 1
+    proposal[: stream.size] = 1
+    scaled = rescale(graph, proposal, half)
+    assert widths(graph, scaled)[0] >= 0.8 * stream.size
+    assert graph.flops(scaled) / graph.base_flops <= 0.5 + 1e-9
+    projected = project(graph, proposal, half)
+    assert widths(graph, projected)[0] < widths(graph, scaled)[0]  # the global cut takes from the stream
