@@ -14,6 +14,7 @@ import click
 
 from autoprune.distributed.commands import submit, sweep, tune_command
 from autoprune.errors import AutopruneError
+from autoprune.outputs import check_output_file, writing
 
 
 class _Group(click.Group):
@@ -79,6 +80,8 @@ def info(model, weights, trust_pickle, input_shape, num_classes, ignore, graph_o
     from autoprune.graph.features import to_networkx
     from autoprune.models import build_model, load_weights
 
+    if graph_out:
+        check_output_file(graph_out, "--graph-out")
     net = build_model(model, num_classes=num_classes)
     if weights:
         load_weights(net, weights, trust_pickle=trust_pickle)
@@ -87,7 +90,8 @@ def info(model, weights, trust_pickle, input_shape, num_classes, ignore, graph_o
     graph = build_channel_graph(net.eval(), torch.zeros(1, *shape), model_name=model, ignore=ignore)
     seconds = time.perf_counter() - start
     if graph_out:
-        nx.write_graphml(to_networkx(graph), graph_out)
+        with writing(graph_out, "--graph-out"):
+            nx.write_graphml(to_networkx(graph), graph_out)
     if as_json:
         groups = [
             {"root": g.root, "size": g.size, "prunable": g.prunable, "reason": g.reason, "modules": g.modules}
@@ -118,20 +122,31 @@ def info(model, weights, trust_pickle, input_shape, num_classes, ignore, graph_o
 @click.option("--out", required=True, type=click.Path(), help="where to write the pruned model (.pt)")
 @click.option("--onnx", "onnx_path", type=click.Path(), default=None, help="also export ONNX here")
 def apply(plan_path, model, weights, trust_pickle, num_classes, out, onnx_path) -> None:
-    """Apply a plan to a model and write the physically smaller model (and ONNX where asked)."""
+    """Apply a plan to a model and write the physically smaller model (and ONNX where asked).
+
+    --weights is required: the plan is applied to the trained weights it was searched on, never to a freshly
+    initialised model.
+    """
     from autoprune.export import export_onnx, save_pruned
     from autoprune.models import build_model, load_weights
     from autoprune.plan import Plan
 
     plan = Plan.load(plan_path)
+    if not weights:
+        raise AutopruneError("apply needs --weights: the trained weights the plan was searched on")
+    check_output_file(out, "--out")
+    if onnx_path:
+        check_output_file(onnx_path, "--onnx")
     net = build_model(model, num_classes=num_classes)
-    if weights:
-        load_weights(net, weights, trust_pickle=trust_pickle)
+    plan.check_model(net)  # a plan for another model is the likelier mistake than weights that do not fit
+    load_weights(net, weights, trust_pickle=trust_pickle)
     pruned = plan.apply(net.eval())
-    save_pruned(out, pruned, plan, num_classes)
+    with writing(out, "--out"):
+        save_pruned(out, pruned, plan, num_classes)
     click.echo(f"wrote {out}: {plan.achieved['flops_ratio']:.1%} FLOPs, {plan.achieved['params_ratio']:.1%} params")
     if onnx_path:
-        export_onnx(pruned, plan.input_shape, onnx_path)
+        with writing(onnx_path, "--onnx"):
+            export_onnx(pruned, plan.input_shape, onnx_path)
         click.echo(f"wrote {onnx_path}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -17,16 +18,24 @@ from typing import Any
 
 import jsonschema
 import numpy as np
+import torch
 from torch import nn
 
 import autoprune
 from autoprune.atomic import atomic_write_text
 from autoprune.constraints import Constraints
+from autoprune.data._messages import one_line
 from autoprune.errors import AutopruneError
 from autoprune.graph.channel_graph import ChannelGraph, fingerprint
 from autoprune.pruning import apply_kept_channels, is_depthwise
 
 SCHEMA_VERSION = 1
+MAX_BYTES = 16 * 2**20
+"""Largest plan file read (a ResNet-110 plan is about 40 KiB)."""
+MAX_DEPTH = 16
+"""Deepest nesting of JSON arrays and objects in a plan (a valid one nests 5 deep)."""
+MAX_INPUT_ELEMENTS = 2**24
+"""Largest input (elements of one sample) a plan may declare: `apply` runs one forward pass on such an input."""
 
 
 @cache
@@ -137,12 +146,16 @@ class Plan:
                 f"{source} has schema version {version!r}; this autoprune ({autoprune.__version__}) reads version "
                 f"{SCHEMA_VERSION}"
             )
+        if _depth(doc) > MAX_DEPTH:
+            raise AutopruneError(f"{source} nests deeper than {MAX_DEPTH} levels; it is not a plan autoprune wrote")
         try:
             jsonschema.validate(doc, plan_schema())
         except jsonschema.ValidationError as exc:
             where = "/".join(str(p) for p in exc.absolute_path) or "top level"
-            raise AutopruneError(f"{source} is invalid at {where}: {exc.message}") from None
+            raise AutopruneError(f"{source} is invalid at {where}: {exc.message:.200}") from None
         model = doc["model"]
+        if math.prod(model["input_shape"]) > MAX_INPUT_ELEMENTS:
+            raise AutopruneError(f"{source} declares an input of shape {model['input_shape']}, larger than any it runs")
         return cls(
             model_name=model["name"],
             fingerprint=model["fingerprint"],
@@ -160,11 +173,20 @@ class Plan:
         """Read and validate a plan file; a missing, truncated or invalid file gives a one-line AutopruneError."""
         path = Path(path)
         try:
-            doc = json.loads(path.read_text())
+            with open(path, "rb") as f:
+                data = f.read(MAX_BYTES + 1)
         except FileNotFoundError:
             raise AutopruneError(f"plan file not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise AutopruneError(f"plan file {path} is not valid JSON (truncated or corrupt?): {exc}") from None
+        except OSError as exc:
+            raise AutopruneError(f"cannot read plan file {path}: {exc.strerror}") from None
+        if len(data) > MAX_BYTES:
+            raise AutopruneError(f"plan file {path} is larger than {MAX_BYTES // 2**20} MiB; it is not a plan")
+        try:
+            doc = json.loads(data)
+        except (ValueError, RecursionError) as exc:  # JSON and UTF-8 decoding errors are ValueErrors
+            raise AutopruneError(
+                f"plan file {path} is not valid JSON (truncated or corrupt?): {one_line(exc)[:200]}"
+            ) from None
         return cls.from_dict(doc, source=f"plan {path}")
 
     def check_model(self, model: nn.Module) -> None:
@@ -185,9 +207,38 @@ class Plan:
         )
 
     def apply(self, model: nn.Module, inplace: bool = False) -> nn.Module:
-        """The physically pruned model (checked against the plan's fingerprint first)."""
+        """The physically pruned model, checked against the plan's fingerprint before and by one forward after.
+
+        A plan can fit the model module by module and still give a network that cannot run (a conv keeping other
+        channels than its BatchNorm): that is an AutopruneError, not a model that fails later.
+        """
         import copy
 
         self.check_model(model)
         target = model if inplace else copy.deepcopy(model)
-        return apply_kept_channels(target, self.modules)
+        pruned = apply_kept_channels(target, self.modules)
+        training = pruned.training
+        device = next(pruned.parameters()).device
+        try:
+            with torch.no_grad():
+                pruned.eval()(torch.zeros(1, *self.input_shape, device=device))
+        except (RuntimeError, ValueError, IndexError) as exc:
+            raise AutopruneError(
+                f"this plan gives a network that cannot run ({one_line(exc)[:200]}); its modules keep channels "
+                "that do not fit each other"
+            ) from None
+        finally:
+            pruned.train(training)
+        return pruned
+
+
+def _depth(doc: Any) -> int:
+    """How deeply JSON arrays and objects nest in `doc` (0 for a scalar), without recursion."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_DEPTH:
+                stack.extend((v, level + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest

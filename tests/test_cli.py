@@ -64,9 +64,34 @@ def test_apply_writes_pruned_model_and_onnx(resnet20_plan, tmp_path) -> None:
 
 
 def test_plan_for_another_model_is_refused(resnet20_plan, tmp_path) -> None:
-    _, _, plan_path = resnet20_plan
-    result = run_cli("apply", "--plan", str(plan_path), "--model", "resnet56", "--out", str(tmp_path / "x.pt"))
+    _, weights, plan_path = resnet20_plan
+    result = run_cli(
+        "apply", "--plan", str(plan_path), "--model", "resnet56", "--weights", str(weights),
+        "--out", str(tmp_path / "x.pt"),
+    )  # fmt: skip
     assert_one_line_error(result, "resnet20", "made for")
+
+
+def test_apply_without_weights_is_refused(resnet20_plan, tmp_path) -> None:
+    _, _, plan_path = resnet20_plan
+    result = run_cli("apply", "--plan", str(plan_path), "--model", "resnet20", "--out", str(tmp_path / "x.pt"))
+    assert_one_line_error(result, "--weights")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_plan_that_cannot_run_is_refused(resnet20_plan, tmp_path) -> None:
+    """Schema-valid and in range module by module, but a conv keeps other channels than its BatchNorm."""
+    _, weights, plan_path = resnet20_plan
+    doc = json.loads(plan_path.read_text())
+    bn = next(n for n, sides in doc["modules"].items() if ".bn" in n and len(sides.get("out", [])) > 1)
+    assert bn.replace(".bn", ".conv") in doc["modules"]
+    doc["modules"][bn]["out"] = doc["modules"][bn]["out"][:-1]
+    bad = tmp_path / "inconsistent.json"
+    bad.write_text(json.dumps(doc))
+    out = tmp_path / "x.pt"
+    result = run_cli("apply", "--plan", str(bad), "--model", "resnet20", "--weights", str(weights), "--out", str(out))
+    assert_one_line_error(result, "cannot run")
+    assert not out.exists()
 
 
 def test_truncated_plan(resnet20_plan, tmp_path) -> None:
@@ -94,7 +119,10 @@ def test_indices_out_of_range(resnet20_plan, tmp_path) -> None:
     doc["modules"][module]["out"] = [0, 1, 999]
     bad = tmp_path / "range.json"
     bad.write_text(json.dumps(doc))
-    result = run_cli("apply", "--plan", str(bad), "--model", "resnet20", "--out", str(tmp_path / "x.pt"))
+    _, weights, _ = resnet20_plan
+    result = run_cli(
+        "apply", "--plan", str(bad), "--model", "resnet20", "--weights", str(weights), "--out", str(tmp_path / "x.pt")
+    )  # fmt: skip
     assert_one_line_error(result, module, "[0,")
     assert not (tmp_path / "x.pt").exists()
 

@@ -6,9 +6,11 @@ import gzip
 import io
 import os
 import pickle
+import struct
 import sys
 import tarfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -418,3 +420,54 @@ def test_shared_cifar10_jpeg_archive(tmp_path: Path) -> None:
     assert bundle.test.labels.bincount().tolist() == [1000] * 10
     assert torch.equal(bundle.val.images, again.val.images)
     assert cached_s < 2.0
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims `width`×`height` RGB pixels (its pixel data is empty)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def image_tree(root: Path, image: bytes, suffix: str = ".png") -> Path:
+    """A cifar10-style folder whose every image is `image`."""
+    for split in ("train", "test"):
+        for name in ("ant", "bee"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(2):
+                (root / split / name / f"{i}{suffix}").write_bytes(image)
+    return root
+
+
+def png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("image", "fragments"),
+    [
+        (png(4096, 4096), ("4096×4096", "decompression bomb")),  # 16 Mpx in 17 KiB
+        (png_header(30000, 30000), ("decompression bomb",)),  # past PIL's own limit: refused by Image.open
+        (png(1, 1), ("1×1", "at least 8")),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, ("cannot decode",)),
+    ],
+    ids=["bomb", "huge-header", "1x1", "corrupt"],
+)
+def test_cifar10_images_refused_before_decoding(tmp_path: Path, image: bytes, fragments: tuple[str, ...]) -> None:
+    data = image_tree(tmp_path / "data", image)
+    with pytest.raises(AutopruneError) as excinfo:
+        load_dataset("cifar10", data_dir=data, cache_dir=tmp_path / "cache")
+    one_line_error(excinfo, *fragments)
+
+
+def test_cifar10_images_of_different_sizes(tmp_path: Path) -> None:
+    data = image_tree(tmp_path / "data", png(16, 16))
+    (data / "train" / "bee" / "1.png").write_bytes(png(32, 16))
+    with pytest.raises(AutopruneError) as excinfo:
+        load_dataset("cifar10", data_dir=data, cache_dir=tmp_path / "cache")
+    one_line_error(excinfo, "16×32", "one size")

@@ -37,6 +37,10 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MAX_IMAGE_PIXELS = 2**22
+"""Largest image decoded (4 Mpx, e.g. 2048×2048): a few-KiB PNG can claim gigapixels (a decompression bomb)."""
+MIN_IMAGE_SIDE = 8
+"""Smallest side accepted (the digits are 8×8): smaller images leave a CNN nothing to learn from."""
 PICKLE_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 PICKLE_TEST = "test_batch"
 PICKLE_META = "batches.meta"
@@ -208,18 +212,32 @@ def decode_images(named_blobs: list[tuple[str, bytes]]) -> np.ndarray:
     for i, (name, blob) in enumerate(named_blobs):
         try:
             with Image.open(io.BytesIO(blob)) as im:
+                _check_size(name, im.size, None if out is None else out.shape[2:])  # from the header, not decoded
                 rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise AutopruneError(f"cannot decode image {name} ({one_line(e)}); replace or remove the file") from e
         if out is None:
             out = np.empty((len(named_blobs), 3, *rgb.shape[:2]), dtype=np.uint8)
-        if rgb.shape[:2] != out.shape[2:]:
-            raise AutopruneError(
-                f"image {name} is {rgb.shape[0]}×{rgb.shape[1]} but others are {out.shape[2]}×{out.shape[3]}; "
-                "give images of one size"
-            )
         out[i] = rgb.transpose(2, 0, 1)
     return out if out is not None else np.empty((0, 3, 0, 0), dtype=np.uint8)
+
+
+def _check_size(name: str, size: tuple[int, int], others: tuple[int, ...] | None) -> None:
+    """Refuse an image before decoding it: too large (a decompression bomb), too small, or unlike the others."""
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise AutopruneError(
+            f"image {name} is {height}×{width} pixels, more than {MAX_IMAGE_PIXELS} (a decompression bomb?); "
+            "replace or remove the file"
+        )
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise AutopruneError(
+            f"image {name} is {height}×{width} pixels; images need at least {MIN_IMAGE_SIDE} on each side"
+        )
+    if others is not None and (height, width) != tuple(others):
+        raise AutopruneError(
+            f"image {name} is {height}×{width} but others are {others[0]}×{others[1]}; give images of one size"
+        )
 
 
 class _ArrayUnpickler(pickle.Unpickler):

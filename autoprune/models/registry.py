@@ -56,6 +56,8 @@ MODELS: dict[str, ModelSpec] = {
 """The built-in models by name."""
 
 _MAX_KEYS_SHOWN = 3
+MAX_CLASSES = 100_000
+"""Most outputs a classifier may be built with (more is a typo, and its last layer would not fit in memory)."""
 
 
 def model_spec(name: str) -> ModelSpec | None:
@@ -75,8 +77,11 @@ def build_model(name: str, num_classes: int = 10) -> nn.Module:
         The model, in training mode as built.
 
     Raises:
-        AutopruneError: the name is unknown, the module cannot be imported, or the factory gives no nn.Module.
+        AutopruneError: the name is unknown, the module cannot be imported, the factory gives no nn.Module, or
+            `num_classes` is not a positive integer.
     """
+    if type(num_classes) is not int or not 1 <= num_classes <= MAX_CLASSES:
+        raise AutopruneError(f"--num-classes must be an integer in [1, {MAX_CLASSES}], got {num_classes!r:.40}")
     if name in MODELS:
         return MODELS[name].factory(num_classes=num_classes)
     if name.startswith("torchvision:"):

@@ -22,6 +22,7 @@ import numpy as np
 from autoprune.atomic import atomic_write_text
 from autoprune.data._messages import one_line
 from autoprune.errors import AutopruneError
+from autoprune.outputs import check_writable_folder
 
 COLUMNS = (
     "evaluation",
@@ -63,9 +64,7 @@ class RunDir:
             raise AutopruneError(
                 f"{self.path} already holds a run; continue it with --resume {self.path} or choose another --out"
             )
-        existing = next(p for p in (self.path, *self.path.absolute().parents) if p.exists())
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            raise AutopruneError(f"cannot create run directory {self.path}: {existing} is not a writable folder")
+        check_writable_folder(self.path, f"run directory {self.path}")
 
     @contextmanager
     def locked(self) -> Iterator[RunDir]:
