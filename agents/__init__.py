@@ -3,7 +3,7 @@
 from .gat import GATEncoder
 from .policy import GATPolicy, GraphFeaturesExtractor, batch_graphs
 from .ppo import EvaluationBudget, EvaluationCallback, make_ppo, train
-from .warm_start import WarmStart, ranking_logits, ranking_warm_start
+from .warm_start import WarmStart, ranking_logits, ranking_warm_start, start_masks, warm_start
 
 __all__ = [
     "EvaluationBudget",
@@ -16,5 +16,7 @@ __all__ = [
     "make_ppo",
     "ranking_logits",
     "ranking_warm_start",
+    "start_masks",
     "train",
+    "warm_start",
 ]

@@ -88,6 +88,9 @@ def make_ppo(
         policy_kwargs: for `GATPolicy` (e.g. `init_keep_logit` from `warm_start`, `features_extractor_kwargs`).
         **ppo_kwargs: any other `PPO` argument (gamma, ent_coef, clip_range, ...).
     """
+    # A keep-mask is hundreds of Bernoulli bits, so the ratio of a whole mask's probabilities moves fast: the
+    # default clip range of 0.2 held a group's learned width to a fraction of a channel per update.
+    ppo_kwargs.setdefault("clip_range", 0.5)
     ppo_kwargs.setdefault("gamma", 0.99)
     ppo_kwargs.setdefault("gae_lambda", 0.95)
     ppo_kwargs.setdefault("verbose", 0)

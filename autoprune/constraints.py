@@ -128,7 +128,8 @@ def rescale(
     Unlike `project`, which drops the cheapest-to-lose channels wherever they are, this keeps the proposal's
     allocation across groups: it is shrunk when over budget and grown when under it, so what a proposal chooses
     is how wide each group is relative to the others, and the candidate uses the whole budget. Within a group
-    the kept channels go last and come back first, each set in order of priority. It is the agent's projection.
+    the kept channels go last and come back first, each set in order of priority. What whole-channel steps of
+    the common factor leave of the budget is then filled (`fill`). It is the agent's projection.
 
     Args:
         graph: the channel graph.
@@ -171,7 +172,7 @@ def rescale(
             lo = mid
         else:
             hi = mid - 1
-    return scaled(factors[lo])
+    return fill(graph, scaled(factors[lo]), constraints, priority)
 
 
 def fill(

@@ -24,7 +24,16 @@ from autoprune.problem import ProblemConfig
 from autoprune.search.config import SearchConfig
 from autoprune.search.runner import run_search
 
-METHODS = ["rl", "global-magnitude", "global-taylor", "random-search", "random-masks", "l1-uniform"]
+METHODS = [
+    "rl",
+    "structural",
+    "sensitivity",
+    "global-magnitude",
+    "global-taylor",
+    "random-search",
+    "random-masks",
+    "l1-uniform",
+]
 ABLATIONS = {"rl-frozen": {"method": "rl", "learning_rate": 0.0}}
 """Study-only variants: `rl-frozen` samples from the warm-started policy without ever updating it (what PPO adds)."""
 COLUMNS = [
@@ -44,7 +53,8 @@ def best_so_far_curves(runs: Path, method: str, target: float, seeds: list[int])
         run = runs / f"{method}-t{target}-s{seed}"
         if (run / "plan.json").exists():
             with open(run / "metrics.csv", newline="") as f:
-                curves.append([float(row["best_score"]) for row in csv.DictReader(f)])
+                best = [float(row["best_score"]) for row in csv.DictReader(f)]
+                curves.append([b if np.isfinite(b) else np.nan for b in best])  # nan until the first candidate
     return curves
 
 
@@ -156,21 +166,28 @@ def write_table(args: argparse.Namespace, runs: Path) -> Path:
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {accelerator()}; "
         f"torch {torch.__version__}; date {time.strftime('%Y-%m-%d')}.",
         "",
-        f"Every method gets the same {args.evaluations} candidate evaluations on the same {args.eval_samples} "
+        f"Every method gets the same budget of {args.evaluations} evaluations on the same {args.eval_samples} "
         "validation samples (carved from train; candidates scored after BN recalibration on 4 training batches). "
         "Accuracies in %, mean ± std over seeds; +BN: after BN recalibration on 20 training batches; "
         f"+FT: after {args.finetune_epochs} epoch(s) of fine-tuning; search s: wall time of the search alone.",
         "",
-        "Methods: `rl` is the GAT policy trained by PPO with the self-competition reward, starting from "
-        "torch-pruning's global magnitude ranking (its first evaluation is that ranking's mask, see "
-        "`autoprune/agents/warm_start.py`); `global-magnitude` / `global-taylor` are torch-pruning's global "
-        "rankings (1 evaluation); `random-search` draws per-group widths, `random-masks` magnitude-weighted "
-        "per-channel masks (best of the budget); `l1-uniform` keeps the same fraction of every group (1 evaluation); "
-        "`rl-frozen` (ablation) samples from the warm-started policy and never updates it.",
+        "Methods: `rl` is the GAT policy trained by PPO with the self-competition reward: it probes every group's "
+        "sensitivity (when the budget is at least 3× the probes), scores the cheap plans (sensitivity allocation, "
+        "structural rule, global magnitude ranking), starts from the best of them and learns per-group widths and "
+        "single channels from there (`autoprune/agents/warm_start.py`); `rl-frozen` (ablation) does the same but "
+        "never updates the policy; `structural` keeps groups that merge with others (residual streams, concats) "
+        "whole and cuts the rest uniformly by L1 (1 evaluation); `sensitivity` probes each group alone at 3 widths "
+        "and allocates widths by measured drop per unit of FLOPs (probes count as evaluations); `global-magnitude` "
+        "/ `global-taylor` are torch-pruning's global rankings (1 evaluation); `random-search` draws per-group "
+        "widths, `random-masks` magnitude-weighted per-channel masks (best of the budget); `l1-uniform` keeps the "
+        "same fraction of every group (1 evaluation). Candidates are scored on the physically pruned network with "
+        "racing (`autoprune/scoring.py`): evals counts every scoring, images every image forwarded.",
         "",
     ]
     for target in args.targets:
-        header = ["method", "seeds"] + [label for _, label in COLUMNS] + ["FLOPs", "params", "search s"]
+        header = (
+            ["method", "seeds"] + [label for _, label in COLUMNS] + ["FLOPs", "params", "evals", "images", "search s"]
+        )
         lines += [f"## Target FLOPs ≤ {target:.0%}", "", "| " + " | ".join(header) + " |"]
         lines.append("|" + "---|" * len(header))
         for method in args.methods:
@@ -188,6 +205,8 @@ def write_table(args: argparse.Namespace, runs: Path) -> Path:
             row += [mean_std([m[key] for m in metrics if key in m]) for key, _ in COLUMNS]
             row.append(mean_std([p["achieved"]["flops_ratio"] for p in plans]))
             row.append(mean_std([p["achieved"]["params_ratio"] for p in plans]))
+            row.append(mean_std([m["evaluations"] for m in metrics], percent=False))
+            row.append(mean_std([m.get("images_forwarded", float("nan")) for m in metrics], percent=False))
             row.append(mean_std([m["search_seconds"] for m in metrics], percent=False))
             lines.append("| " + " | ".join(row) + " |")
         lines += ["", f"![best validation accuracy so far](quality_{args.model}_t{target}.png)", ""]

@@ -60,14 +60,19 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         reward: a name in `autoprune.envs.rewards.REWARDS` ("self_competition" or "sign").
         tau: floor of the self-competition temperature, in score units; the temperature used is the larger of
             this and the spread of the last 32 scores (`adaptive_tau`), so the reward never saturates at -1.
-        lagrange_lr: dual-ascent step size of the multiplier.
+        lagrange_lr: dual-ascent step size of the multiplier. 0 (the default) leaves the multiplier at 0: since
+            `rescale` makes every proposal feasible at full budget whatever its scale, a penalty on the raw
+            proposal's cost would only punish proposals that keep more of an expensive group, which is exactly
+            the group-level choice the agent must be free to make (measured: it stopped PPO from keeping a
+            coupled group whole in 2 of 3 seeds of tests/test_learning.py's group task).
         priority: per-decision priority for the projection (higher survives; default weight L1).
         sensitivity: measured accuracy drop per prunable group at half width (a node feature; see
             `autoprune.graph.features.GraphFeatures`).
 
     Version History:
         v1: proposals are scaled onto the budget group by group (`rescale`, also up) instead of losing their
-            cheapest channels anywhere (`project`); node features gain producers, merged, rank and sensitivity.
+            cheapest channels anywhere (`project`); no Lagrangian penalty by default; node features gain
+            producers, merged, rank and sensitivity.
         v0: initial version.
     """
 
@@ -81,7 +86,7 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         steps_per_episode: int = 1,
         reward: str = "self_competition",
         tau: float = 0.01,
-        lagrange_lr: float = 0.05,
+        lagrange_lr: float = 0.0,
         priority: np.ndarray | None = None,
         sensitivity: np.ndarray | None = None,
     ) -> None:

