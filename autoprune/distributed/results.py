@@ -193,11 +193,14 @@ def unpack(payload: bytes, dest: Path, force: bool = False, max_bytes: int = MAX
     try:
         names = _unpack_into(payload, staging, max_bytes)
         check_destination(dest, force, tuple(names))  # again: the folder may have changed while unpacking
-        if not dest.exists():
-            staging.rename(dest)  # the whole folder appears at once
-        else:
-            for name in names:
-                os.replace(staging / name, dest / name)  # replaces a link made meanwhile, never follows it
+        try:
+            if not dest.exists():
+                staging.rename(dest)  # the whole folder appears at once
+            else:
+                for name in names:
+                    os.replace(staging / name, dest / name)  # replaces a link made meanwhile, never follows it
+        except OSError as exc:
+            raise AutopruneError(f"cannot move the results into {dest}: {exc.strerror or exc}") from None
         return [dest / name for name in names]
     finally:
         with contextlib.suppress(FileNotFoundError):
