@@ -24,6 +24,9 @@ class _Group(click.Group):
         except AutopruneError as exc:
             click.echo(f"autoprune: error: {exc}", err=True)
             sys.exit(2)
+        except click.UsageError as exc:  # a subcommand's option that does not parse: one line too, not usage text
+            click.echo(f"autoprune: error: {' '.join(exc.format_message().split())} (see --help)", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("autoprune: interrupted", err=True)
             sys.exit(130)

@@ -31,6 +31,8 @@ BAD_SEARCH = [
     ("--round-to", "0"),
     ("--gpus-per-worker", "-1"),
     ("--workers", "0"),
+    ("--rollout", "1"),
+    ("--rollout", str(10**9)),
 ]
 
 

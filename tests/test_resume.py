@@ -134,7 +134,7 @@ def test_crafted_agent_pickle_does_not_run_on_resume(finished, tmp_path, legacy)
         (lambda c: (c / "agent.pt").write_bytes((c / "agent.pt").read_bytes()[:300]), "unreadable"),
         (lambda c: (c / "agent.pt").unlink(), "missing"),
         (lambda c: (c / "agent.json").write_text('{"format": "autoprune-agent"'), "unreadable"),
-        (lambda c: (c / "agent.json").write_text('{"format": "autoprune-agent", "num_timesteps": -1}'), "fit"),
+        (lambda c: (c / "agent.json").write_text('{"format": "autoprune-agent", "num_timesteps": -1}'), "invalid"),
         (lambda c: torch.save({"policy": {"w": torch.zeros(2)}, "optimizer": {}}, c / "agent.pt"), "fit"),
         (
             lambda c: torch.save({"policy": {}, "optimizer": {0: {"exp_avg": torch.zeros(1, 2, 3)}}}, c / "agent.pt"),

@@ -8,15 +8,18 @@ policy's weights and the optimizer's moments into it, after checking that they f
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from stable_baselines3 import PPO
 
 from autoprune.atomic import atomic_write, atomic_write_text
 from autoprune.data._messages import one_line
 from autoprune.errors import AutopruneError
+
+if TYPE_CHECKING:
+    from stable_baselines3 import PPO
 
 WEIGHTS = "agent.pt"
 """Policy state dict and optimizer state, `torch.save`d."""
@@ -33,13 +36,23 @@ def save_agent(ppo: PPO, directory: Path) -> None:
     atomic_write_text(directory / COUNTERS, json.dumps(counters))
 
 
-def load_agent(ppo: PPO, directory: Path) -> None:
-    """Load a checkpoint written by `save_agent` into `ppo`, built by `make_ppo` as the run first built it.
+@dataclass
+class AgentCheckpoint:
+    """What `save_agent` wrote, read back as plain data."""
 
-    The optimizer keeps its hyperparameters from the config; only its per-parameter state comes from the file.
+    policy: dict[str, torch.Tensor]
+    """The policy's state dict."""
+    moments: dict[int, dict[str, torch.Tensor]]
+    """The optimizer's per-parameter state (Adam's step and moments), by parameter index."""
+    num_timesteps: int
+    n_updates: int
+
+
+def read_agent(directory: Path) -> AgentCheckpoint:
+    """Read the checkpoint in `directory` and check its types and values; nothing in it is executed.
 
     Raises:
-        AutopruneError: a file is missing, corrupt, crafted, or does not fit `ppo`; nothing in it is executed.
+        AutopruneError: a file is missing, corrupt or crafted.
     """
     weights, counters = directory / WEIGHTS, directory / COUNTERS
     if not weights.is_file() and (directory / "agent.zip").exists():
@@ -56,38 +69,55 @@ def load_agent(ppo: PPO, directory: Path) -> None:
         message = f"agent checkpoint in {directory} is unreadable ({_short(exc)}); start a new run"
         raise AutopruneError(message) from None
     try:
-        _check(tensors, meta, ppo)
-        ppo.policy.load_state_dict(tensors["policy"], strict=True)
+        return _checked(tensors, meta)
+    except ValueError as exc:
+        raise AutopruneError(f"agent checkpoint in {directory} is invalid ({exc}); start a new run") from None
+
+
+def load_agent(ppo: PPO, directory: Path) -> None:
+    """Load the checkpoint in `directory` into `ppo`, built by `make_ppo` as the run first built it.
+
+    The optimizer keeps its hyperparameters from the config; only its per-parameter state comes from the file.
+
+    Raises:
+        AutopruneError: as `read_agent`, or the checkpoint does not fit `ppo`.
+    """
+    agent = read_agent(directory)
+    params = list(ppo.policy.parameters())
+    try:
+        for index, state in agent.moments.items():
+            if index >= len(params):
+                raise ValueError(f"optimizer state for parameter {index} of {len(params)}")
+            for name, value in state.items():
+                if name != "step" and value.shape != params[index].shape:
+                    raise ValueError(f"optimizer state {index}.{name} has shape {tuple(value.shape)}")
+        ppo.policy.load_state_dict(agent.policy, strict=True)
         optimizer = ppo.policy.optimizer.state_dict()
-        optimizer["state"] = tensors["optimizer"]
+        optimizer["state"] = agent.moments
         ppo.policy.optimizer.load_state_dict(optimizer)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise AutopruneError(f"agent checkpoint in {directory} does not fit this run's agent ({_short(exc)})") from None
-    ppo.num_timesteps, ppo._n_updates = meta["num_timesteps"], meta["n_updates"]
+    ppo.num_timesteps, ppo._n_updates = agent.num_timesteps, agent.n_updates
 
 
-def _check(tensors: Any, meta: Any, ppo: PPO) -> None:
-    """Raise ValueError unless the checkpoint's parts have the types, shapes and finite values `ppo` needs."""
+def _checked(tensors: Any, meta: Any) -> AgentCheckpoint:
+    """The checkpoint, or ValueError unless its parts have the types and finite values `save_agent` writes."""
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f'{COUNTERS} is not an {FORMAT} file (no "format": "{FORMAT}")')
     for key in ("num_timesteps", "n_updates"):
         if type(meta.get(key)) is not int or meta[key] < 0:
             raise ValueError(f"{COUNTERS} needs a non-negative integer {key}")
-    if not isinstance(tensors, dict) or not isinstance(tensors.get("policy"), dict):
+    policy, moments = (tensors.get(k) if isinstance(tensors, dict) else None for k in ("policy", "optimizer"))
+    if not isinstance(policy, dict) or not all(isinstance(k, str) for k in policy):
         raise ValueError(f"{WEIGHTS} holds no policy state dict")
-    params = list(ppo.policy.parameters())
-    moments = tensors.get("optimizer")
-    if not isinstance(moments, dict) or not all(type(i) is int and 0 <= i < len(params) for i in moments):
-        raise ValueError(f"{WEIGHTS} holds no optimizer state for this policy")
-    for index, state in moments.items():
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ValueError(f"optimizer state {index} is not a dict of tensors")
-        for name, value in state.items():
-            if name != "step" and value.shape != params[index].shape:
-                raise ValueError(f"optimizer state {index}.{name} has shape {tuple(value.shape)}")
-    values = [*tensors["policy"].values(), *(v for s in moments.values() for v in s.values())]
+    if not isinstance(moments, dict) or not all(type(i) is int and i >= 0 for i in moments):
+        raise ValueError(f"{WEIGHTS} holds no optimizer state")
+    if not all(isinstance(s, dict) and all(isinstance(k, str) for k in s) for s in moments.values()):
+        raise ValueError("optimizer states must map names to tensors")
+    values = [*policy.values(), *(v for s in moments.values() for v in s.values())]
     if not all(isinstance(v, torch.Tensor) and _finite(v) for v in values):
         raise ValueError("it holds values that are not finite tensors")
+    return AgentCheckpoint(policy, moments, meta["num_timesteps"], meta["n_updates"])
 
 
 def _finite(tensor: torch.Tensor) -> bool:

@@ -18,6 +18,8 @@ from autoprune.problem import ProblemConfig
 
 METHODS = ("rl", "l1-uniform", "global-magnitude", "global-taylor", "random-search", "random-masks")
 """`rl` is the GAT+PPO agent; the rest are baselines run in the same harness."""
+MAX_ROLLOUT = 4096
+"""PPO allocates its rollout buffer, a graph observation per evaluation, before the first one."""
 
 
 @dataclass
@@ -39,7 +41,7 @@ class SearchConfig:
     steps_per_episode: int = 1
     """1: one-shot full mask per episode; more: the agent refines its last mask for this many steps."""
     rollout: int = 16
-    """Evaluations per PPO update (and per checkpoint)."""
+    """Evaluations per PPO update (and per checkpoint), at most `MAX_ROLLOUT`."""
     learning_rate: float = 3e-3
     """PPO's Adam step size."""
     tau: float = 0.01
@@ -68,8 +70,8 @@ class SearchConfig:
             raise AutopruneError("--evaluations must be at least 1")
         if self.workers < 1:
             raise AutopruneError("--workers must be at least 1")
-        if self.steps_per_episode < 1 or self.rollout < 2:
-            raise AutopruneError("--steps-per-episode must be >= 1 and --rollout >= 2")
+        if self.steps_per_episode < 1 or not 2 <= self.rollout <= MAX_ROLLOUT:
+            raise AutopruneError(f"--steps-per-episode must be >= 1 and --rollout in [2, {MAX_ROLLOUT}]")
         if not 0 <= self.seed < 2**32:
             raise AutopruneError(f"--seed must be in [0, 2**32), got {self.seed}")
         for option, value in (("--learning-rate", self.learning_rate), ("--tau", self.tau)):

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from autoprune.constraints import Constraints, check_feasible
 from autoprune.errors import AutopruneError
 from autoprune.problem import Problem, load_problem
+from autoprune.search.checkpoint import read_agent
 from autoprune.search.config import SearchConfig
 from autoprune.search.report import finalize
 from autoprune.search.rundir import RunDir
@@ -104,7 +105,10 @@ def resume_search(
         config.problem = dataclasses.replace(config.problem, trust_pickle=trust_pickle, cache_dir=cache_dir)
         state = run.load_state() if config.method == "rl" else None  # baselines restart: their stream is seeded
         if state is not None:
-            check_state(state, config.evaluations, needs_env=True)
+            vectorised = config.workers > 1 or bool(config.address)
+            check_state(state, config.evaluations, needs_env=True, vectorised=vectorised)
+            if state["evaluations"] < config.evaluations:
+                read_agent(run.path / "checkpoint")  # refused now rather than after the setup
         rows = run.read_metrics(state["evaluations"] if state else 0)
         problem, constraints = _setup(config)
         if state is not None:

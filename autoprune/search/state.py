@@ -20,13 +20,14 @@ ENV_KEYS = ("best_score", "best_keep", "best_keep_score", "lagrange", "evaluatio
 """What `ChannelPruneEnv.get_state` writes."""
 
 
-def check_state(state: Any, evaluations: int, needs_env: bool) -> dict[str, Any]:
+def check_state(state: Any, evaluations: int, needs_env: bool, vectorised: bool = False) -> dict[str, Any]:
     """`state` if a run with a budget of `evaluations` can continue from it, else AutopruneError.
 
     Args:
         state: the parsed JSON.
         evaluations: the run's budget.
         needs_env: the agent's env state is needed to continue (an RL run not yet finished).
+        vectorised: the run's env is a vector of Ray actors, whose state may be a list (one per actor).
     """
     if not isinstance(state, dict):
         _fail(f"is a JSON {type(state).__name__}, not an object")
@@ -46,9 +47,9 @@ def check_state(state: Any, evaluations: int, needs_env: bool) -> dict[str, Any]
         _bits(state["best_keep"], "best_keep")
     if needs_env and count < evaluations:
         envs = state.get("env")
-        envs = [envs] if isinstance(envs, dict) else envs
+        envs = [envs] if isinstance(envs, dict) else envs if vectorised else None
         if not isinstance(envs, list) or not envs or not all(isinstance(e, dict) for e in envs):
-            _fail("env must be the agent's env state (an object, or a list of them)")
+            _fail("env must be the agent's env state (an object, or with --workers a list of them)")
         for env in envs:
             _check_env(env)
     return state
