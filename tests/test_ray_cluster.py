@@ -85,6 +85,25 @@ def test_workers_beside_a_running_ray_start_cluster_start_a_private_ray(ray_env,
         assert (tmp_path / "run" / "plan.json").is_file()
         alive = {p for p in head if psutil.pid_exists(p)}
         assert alive == head, "the running cluster lost processes"
+
+        # and it is joined on request, by `auto` or by its 127.0.0.1 address (which Ray would turn into the
+        # machine's external address, where a loopback head does not listen)
+        address = recorded.read_text().strip()
+        assert address.startswith("127.0.0.1:")
+        join = (
+            "import sys, ray\n"
+            "from autoprune.distributed.cluster import ensure_ray\n"
+            "for where in sys.argv[1:]:\n"
+            "    assert not ensure_ray(where)\n"
+            "    print(ray.get_runtime_context().gcs_address, ray.cluster_resources()['CPU'])\n"
+            "    ray.shutdown()\n"
+        )
+        env = {**ray_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": head_env["RAY_AUTH_TOKEN"]}
+        result = subprocess.run(
+            [sys.executable, "-c", join, "auto", address], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.split() == [address, "2.0", address, "2.0"]
     finally:
         stop_session(sid)
 

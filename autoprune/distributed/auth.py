@@ -72,8 +72,11 @@ def is_private_address(address: str) -> bool:
         return False
     if parts.scheme == "https":
         return True
-    if parts.scheme != "http":
-        return False
+    return parts.scheme == "http" and is_loopback_host(host)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` (an IP address or name, IPv6 without brackets) is this machine: 127.0.0.0/8, ::1, localhost."""
     if host == "localhost":
         return True
     try:

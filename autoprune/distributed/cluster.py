@@ -15,8 +15,9 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
-from autoprune.distributed.auth import ensure_local_token
+from autoprune.distributed.auth import ensure_local_token, is_loopback_host
 from autoprune.errors import AutopruneError
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,15 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None, num_gp
         return False
     quiet = {"logging_level": logging.WARNING, "configure_logging": True}
     if address or os.environ.get("RAY_ADDRESS"):
-        client = (address or os.environ.get("RAY_ADDRESS", "")).startswith("ray://")
+        where = address or os.environ.get("RAY_ADDRESS", "")
+        client = where.startswith("ray://")
+        # Ray would turn a loopback address into this machine's external one, where a loopback cluster
+        # (such as our own private one, joined from another process) does not listen
+        keep = _loopback_node() if not client and _is_loopback(where) else contextlib.nullcontext()
         try:
-            ray.init(address=address, **({} if client else quiet))  # Ray Client would forward them to the server
+            with keep:
+                ray.init(address=address, **({} if client else quiet))  # Ray Client would forward them to the server
         except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
-            where = address or os.environ["RAY_ADDRESS"]
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise AutopruneError(
                 f"cannot join the Ray cluster at {where}: {first} (check the address, and RAY_AUTH_TOKEN where the "
@@ -96,6 +101,19 @@ def running_cluster() -> str | None:
         if not any(str(a).rsplit(":", 1)[-1] == port for a in running):
             return None  # a stale record (the cluster was killed rather than stopped)
     return recorded
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether a cluster address (`host:port`, or `auto`: the one `ray start` recorded) is on this machine."""
+    if address == "auto":
+        from ray._private import services
+
+        address = os.environ.get("RAY_ADDRESS") or services.find_bootstrap_address(None) or ""
+    try:
+        host = urlsplit(address if "://" in address else f"//{address}").hostname
+    except ValueError:
+        return False
+    return bool(host) and is_loopback_host(host)
 
 
 @contextlib.contextmanager
