@@ -58,10 +58,15 @@ def test_search_with_two_workers_survives_a_killed_worker(local_ray, tmp_path: P
     killed: list[str] = []
 
     def kill_one_worker() -> None:
+        # once both actors have recorded evaluations (the search scores its start plans before they exist)
         deadline = time.monotonic() + 300
+        before = None
         while time.monotonic() < deadline and not killed:
             names = [n for n in ray.util.list_named_actors() if n.startswith("autoprune-env-")]
-            if len(names) == 2 and (out / "metrics.csv").exists() and len(rows(out)) >= 2:
+            recorded = len(rows(out)) if (out / "metrics.csv").exists() else 0
+            if len(names) == 2 and before is None:
+                before = recorded
+            elif len(names) == 2 and recorded >= before + 2:
                 ray.kill(ray.get_actor(sorted(names)[0]), no_restart=True)
                 killed.append(sorted(names)[0])
             time.sleep(0.05)
