@@ -155,3 +155,18 @@ def test_info_reports_groups(tmp_path) -> None:
     assert (tmp_path / "g.graphml").stat().st_size > 0
     text = run_cli("info", "--model", "resnet20")
     assert "not pruned" in text.stdout and "prunable channels" in text.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["search", "--learning-rate", "nan"], "--learning-rate must be a positive finite number"),
+        (["search", "--seed", "abc"], "'abc' is not a valid integer"),
+        (["info", "--num-classes", "0"], "--num-classes must be an integer"),
+    ],
+)
+def test_bad_numbers_as_a_user_types_them(args, fragment, tmp_path) -> None:
+    """The real console script (the fuzz suite calls the same CLI in-process): one line, exit code 2."""
+    result = run_cli(*args, "--quiet", "--out", str(tmp_path / "run")) if args[0] == "search" else run_cli(*args)
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "run").exists()

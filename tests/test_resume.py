@@ -115,6 +115,7 @@ def test_crafted_agent_pickle_does_not_run_on_resume(finished, tmp_path, legacy)
     run = killed_copy(finished, tmp_path)
     marker = tmp_path / "pwned"
     ckpt = run / "checkpoint"
+    metrics = (run / "metrics.csv").read_bytes()
     if legacy:  # what SB3's PPO.load would have unpickled
         (ckpt / "agent.pt").unlink()
         (ckpt / "agent.zip").write_bytes(pickle.dumps(Marker(marker)))
@@ -125,7 +126,7 @@ def test_crafted_agent_pickle_does_not_run_on_resume(finished, tmp_path, legacy)
         line = cli_error(["search", "--resume", str(run), "--quiet"])
         assert "unreadable" in line
     assert not marker.exists()
-    assert len(rows(run)) == 9, "no evaluation was spent after the checkpoint's 9"
+    assert (run / "metrics.csv").read_bytes() == metrics, "refused before anything was evaluated or rewritten"
 
 
 @pytest.mark.parametrize(

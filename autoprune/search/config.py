@@ -111,10 +111,13 @@ class SearchConfig:
         except OSError as exc:
             raise AutopruneError(f"cannot read {path}: {exc.strerror}") from None
         except (ValueError, RecursionError) as exc:  # JSON and UTF-8 decoding errors are ValueErrors
-            raise AutopruneError(f"{path} is corrupt: {one_line(exc)}") from None
+            raise AutopruneError(f"{path} is corrupt ({one_line(exc)[:200]}); {_START_ANEW}") from None
         except AutopruneError as exc:
-            raise AutopruneError(f"{path} is corrupt: {exc}") from None
+            raise AutopruneError(f"{path} is corrupt ({exc}); {_START_ANEW}") from None
         return config
+
+
+_START_ANEW = "the run cannot be resumed: start a new one with another --out, or remove this folder"
 
 
 def _known(cls: type, doc: dict[str, Any]) -> dict[str, Any]:
