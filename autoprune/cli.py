@@ -261,13 +261,14 @@ def _report(metrics: dict, out: str) -> None:
 def search(resume_dir, quiet, **opts) -> None:
     """Search which channels to prune with the GAT policy and PPO (self-competition reward).
 
-    With --resume, the run continues with its own config.json; of the options, only --trust-pickle applies
-    (permissions are never read from the run directory).
+    With --resume, the run continues with its own config.json; of the options, only --trust-pickle and
+    --address apply (permissions are never read from the run directory).
     """
     from autoprune.search.runner import resume_search
 
     if resume_dir:
-        metrics = resume_search(resume_dir, progress=not quiet, trust_pickle=opts["trust_pickle"])
+        permissions = {"trust_pickle": opts["trust_pickle"], "address": opts["address"]}
+        metrics = resume_search(resume_dir, progress=not quiet, **permissions)
         _report(metrics, resume_dir)
         return
     config = _search_config("rl", opts)

@@ -274,3 +274,12 @@ def test_resume_takes_permissions_from_the_command_line_only(tmp_path, cache_dir
     assert "--trust-pickle" in line
     assert not marker.exists() and not Path("/elsewhere").exists()
     assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json"]
+
+
+def test_resume_does_not_join_the_cluster_config_json_names(finished, tmp_path) -> None:
+    """Results from a Ray cluster are unpickled: the address comes from --address, never from the run directory."""
+    run = killed_copy(finished, tmp_path)
+    edit_json(run / "config.json", lambda c: {**c, "address": "ray://192.0.2.1:10001"})  # TEST-NET: nobody there
+    result = CliRunner().invoke(cli, ["search", "--resume", str(run), "--quiet"])
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert [int(r["evaluation"]) for r in rows(run)] == list(range(1, 18))

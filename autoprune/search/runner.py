@@ -83,7 +83,11 @@ def run_search(config: SearchConfig, progress: bool = True) -> dict[str, Any]:
 
 
 def resume_search(
-    run_dir: str | Path, progress: bool = True, trust_pickle: bool = False, cache_dir: str | None = None
+    run_dir: str | Path,
+    progress: bool = True,
+    trust_pickle: bool = False,
+    cache_dir: str | None = None,
+    address: str | None = None,
 ) -> dict[str, Any]:
     """Continue a killed search from its last checkpoint; evaluations after it are redone, none duplicated.
 
@@ -95,6 +99,8 @@ def resume_search(
         progress: show a progress bar.
         trust_pickle: allow weights files that need full unpickling (`--trust-pickle`).
         cache_dir: cache for decoded data and the default model (default `$AUTOPRUNE_CACHE`).
+        address: Ray cluster to join (`--address`; results from a cluster are unpickled, so never the file's);
+            None starts a local Ray when the run has more than one worker.
     """
     run = RunDir(run_dir)
     if not run.config_path.is_file():
@@ -103,6 +109,7 @@ def resume_search(
         config = SearchConfig.load(run.config_path)
         config.out = str(run.path)
         config.problem = dataclasses.replace(config.problem, trust_pickle=trust_pickle, cache_dir=cache_dir)
+        config.address = address
         state = run.load_state() if config.method == "rl" else None  # baselines restart: their stream is seeded
         if state is not None:
             vectorised = config.workers > 1 or bool(config.address)
