@@ -189,6 +189,12 @@ def search_options(func):
             show_default=True,
             help="BN recalibration batches before scoring each candidate",
         ),
+        click.option(
+            "--racing/--no-racing",
+            default=p.racing,
+            show_default=True,
+            help="stop a candidate after BN recalibration when it is clearly worse than the best so far",
+        ),
         click.option("--ignore", multiple=True, help="module whose output channels are kept (repeatable)"),
         click.option("--min-channels", type=int, default=p.min_channels, show_default=True),
         click.option(
@@ -231,7 +237,7 @@ def _search_config(method: str, opts: dict):
     problem = ProblemConfig(
         model=opts["model"], weights=opts["weights"], trust_pickle=opts["trust_pickle"], dataset=opts["dataset"],
         data_dir=opts["data_dir"], device=opts["device"], eval_samples=opts["eval_samples"],
-        recalibrate_batches=opts["recalibrate_batches"], ignore=tuple(opts["ignore"]),
+        recalibrate_batches=opts["recalibrate_batches"], racing=opts["racing"], ignore=tuple(opts["ignore"]),
         min_channels=opts["min_channels"], round_to=opts["round_to"],
     )  # fmt: skip
     out = opts["out"] or f"runs/{method}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -278,7 +284,8 @@ def search(resume_dir, quiet, **opts) -> None:
 
 @cli.command()
 @click.option("--method", required=True, type=click.Choice(
-    ["l1-uniform", "global-magnitude", "global-taylor", "random-search", "random-masks"]))  # fmt: skip
+    ["structural", "sensitivity", "l1-uniform", "global-magnitude", "global-taylor", "random-search",
+     "random-masks"]))  # fmt: skip
 @search_options
 def baseline(method, quiet, **opts) -> None:
     """Run a baseline (same harness and evaluation budget as `search`)."""

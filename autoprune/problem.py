@@ -15,8 +15,8 @@ from autoprune.data import DataBundle, load_dataset
 from autoprune.errors import AutopruneError
 from autoprune.fields import check_types
 from autoprune.graph import ChannelGraph, build_channel_graph
-from autoprune.masking import MaskedEvaluator
 from autoprune.models import build_model, load_weights, model_spec
+from autoprune.scoring import SlicedScorer
 
 
 @dataclass
@@ -37,6 +37,9 @@ class ProblemConfig:
     """`cpu`, `cuda`, `cuda:N`, or `auto` (cuda where available)."""
     eval_samples: int = 1000
     """Validation samples each candidate is scored on (a fixed subset of the validation split)."""
+    racing: bool = True
+    """Stop a candidate after its BN-recalibration pass when it is clearly worse than the best so far (paired
+    test on the recalibration images, `autoprune.scoring`); False scores every candidate on every image."""
     eval_batch_size: int = 500
     """Batch size for scoring."""
     recalibrate_batches: int = 4
@@ -81,7 +84,7 @@ class Problem:
     model: nn.Module
     bundle: DataBundle
     graph: ChannelGraph
-    evaluator: MaskedEvaluator
+    evaluator: SlicedScorer
     device: torch.device
     base_score: float = field(init=False)
 
@@ -89,7 +92,7 @@ class Problem:
         self.base_score = self.evaluator(None)
 
     def score(self, keep: np.ndarray) -> float:
-        """Validation accuracy of the network under `keep`."""
+        """Validation accuracy of the network under `keep` (estimated when racing stopped it early)."""
         return self.evaluator(keep)
 
     def example_input(self) -> torch.Tensor:
@@ -160,5 +163,5 @@ def load_problem(config: ProblemConfig) -> Problem:
     if config.recalibrate_batches:
         loader = bundle.loader("train", 64, shuffle=True, seed=config.split_seed, device=device)
         recal = [b for _, b in zip(range(config.recalibrate_batches), loader, strict=False)]
-    evaluator = MaskedEvaluator(model, graph, batches, recal)
+    evaluator = SlicedScorer(model, graph, batches, recal, z=2.0 if config.racing else math.inf)
     return Problem(config=config, model=model, bundle=bundle, graph=graph, evaluator=evaluator, device=device)

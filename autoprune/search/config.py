@@ -16,7 +16,16 @@ from autoprune.errors import AutopruneError
 from autoprune.fields import check_types
 from autoprune.problem import ProblemConfig
 
-METHODS = ("rl", "l1-uniform", "global-magnitude", "global-taylor", "random-search", "random-masks")
+METHODS = (
+    "rl",
+    "structural",
+    "sensitivity",
+    "l1-uniform",
+    "global-magnitude",
+    "global-taylor",
+    "random-search",
+    "random-masks",
+)
 """`rl` is the GAT+PPO agent; the rest are baselines run in the same harness."""
 MAX_ROLLOUT = 4096
 """PPO allocates its rollout buffer, a graph observation per evaluation, before the first one."""
@@ -34,8 +43,8 @@ class SearchConfig:
     """Keep at most this fraction of the original parameters; None for no parameter budget."""
     method: str = "rl"
     """`rl` (GAT policy + PPO, self-competition reward) or a baseline name."""
-    evaluations: int = 200
-    """Candidate evaluations (masked-network scorings) the search may spend."""
+    evaluations: int = 300
+    """Evaluations the search may spend: candidates scored, and probes such as sensitivity measurements."""
     seed: int = 0
     """Seeds the agent, the env and random baselines."""
     steps_per_episode: int = 1

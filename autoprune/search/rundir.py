@@ -34,6 +34,8 @@ COLUMNS = (
     "violation",
     "lagrange",
     "seconds",
+    "images",
+    "probe",
 )
 LOCK = ".lock"
 """The file a run's owner holds an exclusive `flock` on."""

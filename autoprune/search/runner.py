@@ -33,17 +33,31 @@ class Tracker:
         self.best_keep = np.asarray(best[1], dtype=np.int8) if best else None
         self.start = time.perf_counter()
         self.elapsed_before = 0.0
+        self.images = 0
+        """Images forwarded by the scorer (BN recalibration and validation) over all evaluations."""
         self.bar = tqdm(total=total, initial=done, desc="search", unit="eval", disable=not progress, leave=True)
 
     def __call__(self, record: dict[str, Any]) -> bool:
-        """Record one evaluation; returns False once the budget is spent."""
+        """Record one evaluation; returns False once the budget is spent.
+
+        A record with a true `probe` (a mask outside the budget, e.g. a sensitivity measurement) counts against
+        the budget but never becomes the best.
+        """
         if self.count >= self.total:
             return False
         self.count += 1
+        self.images += int(record.get("images") or 0)
         score = float(record["score"])
-        if score > self.best_score:
+        probe = bool(record.get("probe"))
+        if not probe and score > self.best_score:
             self.best_score, self.best_keep = score, np.asarray(record["keep"], dtype=np.int8).copy()
-        row = {**record, "evaluation": self.count, "best_score": self.best_score, "seconds": self.seconds}
+        row = {
+            **record,
+            "evaluation": self.count,
+            "best_score": self.best_score,
+            "seconds": self.seconds,
+            "probe": int(probe),
+        }
         self.run.log(row)
         self.bar.update(1)
         feasible = "ok" if record.get("violation", 0) <= 1e-9 else "repaired"
@@ -60,6 +74,7 @@ class Tracker:
             "best_score": self.best_score if self.best_keep is not None else None,
             "best_keep": self.best_keep.tolist() if self.best_keep is not None else None,
             "seconds": self.seconds,
+            "images": self.images,
         }
 
     def close(self) -> None:
@@ -144,6 +159,7 @@ def _execute(
     run.open_metrics(rows)
     tracker = Tracker(run, config.evaluations, done=done, best=best, progress=progress)
     tracker.elapsed_before = float(state["seconds"]) if state else 0.0
+    tracker.images = int(state.get("images", 0)) if state else 0
     try:
         if done < config.evaluations:
             if config.method == "rl":
@@ -165,7 +181,11 @@ def _execute(
         method=config.method,
         finetune_epochs=config.finetune_epochs,
         seed=config.seed,
-        extra={"evaluations": tracker.count, "search_seconds": round(tracker.seconds, 2)},
+        extra={
+            "evaluations": tracker.count,
+            "images_forwarded": tracker.images,
+            "search_seconds": round(tracker.seconds, 2),
+        },
     )
 
 
@@ -182,6 +202,7 @@ def _search_baseline(config: SearchConfig, problem: Problem, constraints: Constr
         model=problem.model,
         example_input=problem.example_input(),
         batches=problem.bundle.batches("train", 64, limit=256, device=problem.device),
+        probe_fn=_prober(problem, constraints, tracker),
     )
 
 
@@ -189,11 +210,28 @@ def _scorer_with_keep(problem: Problem, constraints: Constraints, tracker: Track
     """The score function for baselines, recording each scored (feasible) mask in the tracker."""
 
     def score(keep: np.ndarray) -> float:
-        value = problem.score(keep)
-        tracker({"score": value, "keep": keep, "violation": 0.0, **_ratios(constraints, problem, keep)})
-        return value
+        record = problem.evaluator.score(keep)
+        tracker(
+            {"score": record.score, "keep": keep, "violation": 0.0, "images": record.images,
+             **_ratios(constraints, problem, keep)}
+        )  # fmt: skip
+        return record.score
 
     return score
+
+
+def _prober(problem: Problem, constraints: Constraints, tracker: Tracker):
+    """Scores masks outside the budget (sensitivity probes) cheaply, recording each as a probe."""
+
+    def probe(keep: np.ndarray) -> float:
+        record = problem.evaluator.probe(keep)
+        tracker(
+            {"score": record.score, "keep": keep, "probe": True, "images": record.images,
+             "violation": constraints.violation(problem.graph, keep), **_ratios(constraints, problem, keep)}
+        )  # fmt: skip
+        return record.score
+
+    return probe
 
 
 def _ratios(constraints: Constraints, problem: Problem, keep: np.ndarray) -> dict[str, float]:
@@ -211,24 +249,37 @@ def _search_rl(
 ) -> None:
     from stable_baselines3.common.callbacks import BaseCallback
 
+    from autoprune.agents.baselines import group_importance
     from autoprune.agents.ppo import EvaluationCallback, make_ppo
-    from autoprune.agents.warm_start import ranking_warm_start
+    from autoprune.agents.warm_start import start_masks, warm_start
     from autoprune.envs.channel_prune import ChannelPruneEnv
     from autoprune.search.checkpoint import load_agent, save_agent
 
-    start = ranking_warm_start(problem.model, problem.example_input(), problem.graph, constraints)
+    sensitivity = _agent_sensitivity(config, problem, constraints, tracker, state)
+    importance = group_importance(problem.model, problem.example_input(), problem.graph, "magnitude")
+    starts = start_masks(problem.graph, constraints, importance, sensitivity)
+    if state:  # the policy's weights (its cuts included) come from the checkpoint; any start builds it
+        start = warm_start(problem.graph, starts["global-magnitude"], importance, sensitivity)
+    else:  # score the cheap plans and start from the best (the reward competes against it)
+        scorer = _scorer_with_keep(problem, constraints, tracker)
+        affordable = list(starts)[: max(1, config.evaluations - tracker.count)]
+        scores = {name: scorer(starts[name]) for name in affordable}
+        best = max(scores, key=scores.get)
+        start = warm_start(problem.graph, starts[best], importance, sensitivity)
+    drops = None if sensitivity is None else sensitivity.at_half()
     if config.workers > 1 or config.address:
         from autoprune.distributed.vec_env import ray_search_env
 
-        env = ray_search_env(config, constraints, start.importance)  # actors with their own Problem, same state API
+        env = ray_search_env(config, constraints, start.importance, drops)  # actors with their own Problem
     else:
         env = ChannelPruneEnv(
             problem.graph,
-            problem.score,
+            problem.evaluator.score,
             constraints,
             steps_per_episode=config.steps_per_episode,
             tau=config.tau,
             priority=start.importance,
+            sensitivity=drops,
         )
     n_envs = getattr(env, "num_envs", 1)
     n_steps = -(-config.rollout // n_envs)  # evaluations per update: `rollout`, rounded up to a multiple of n_envs
@@ -239,15 +290,13 @@ def _search_rl(
             n_steps=n_steps,
             batch_size=n_steps * n_envs,
             learning_rate=config.learning_rate,
-            policy_kwargs={"init_keep_logit": start.logits},
+            policy_kwargs={"init_keep_logit": 0.0, "group_terms": start.group_terms},
         )
         if state:  # a resumed run: the agent built as above, then its checkpoint's weights (data only) loaded
             env.set_state(state["env"])
             load_agent(ppo, run.path / "checkpoint")
         else:
-            # The first evaluation is the policy's mode (the ranking's mask): the reward competes against it.
-            score = problem.score(start.keep)
-            tracker({"score": score, "keep": start.keep, "violation": 0.0, **_ratios(constraints, problem, start.keep)})
+            score = scores[best]
             env.set_state(
                 {"best_score": score, "best_keep": start.keep.tolist(), "best_keep_score": score,
                  "recent_scores": [score]}
@@ -258,7 +307,7 @@ def _search_rl(
 
             def _on_rollout_start(self) -> None:
                 save_agent(self.model, run.path / "checkpoint")
-                run.save_state({**tracker.state(), "env": env.get_state()})
+                run.save_state({**tracker.state(), "env": env.get_state(), "sensitivity": _as_dict(sensitivity)})
 
             def _on_step(self) -> bool:
                 return True
@@ -272,3 +321,38 @@ def _search_rl(
             )
     finally:
         env.close()
+
+
+SWEEP_SHARE = 3
+"""The agent measures group sensitivities only when its budget is at least this many times the probes."""
+
+
+def _agent_sensitivity(
+    config: SearchConfig, problem: Problem, constraints: Constraints, tracker: Tracker, state: dict[str, Any] | None
+):
+    """The sensitivity sweep the agent starts from: restored from the checkpoint of a resumed run, else measured
+    (its probes count against the budget), or None when the budget is under `SWEEP_SHARE` times the probes."""
+    from autoprune.agents.baselines.sensitivity import Sensitivity, measure_sensitivity, probes_needed
+
+    graph = problem.graph
+    if state is not None:
+        saved = state.get("sensitivity")
+        if saved is None:
+            return None
+        try:
+            profile = Sensitivity(np.asarray(saved["widths"], dtype=float), np.asarray(saved["drops"], dtype=float))
+        except (KeyError, TypeError, ValueError):
+            profile = None
+        if profile is None or profile.drops.shape != (len(graph.prunable_groups), len(profile.widths)):
+            raise AutopruneError("the checkpoint's sensitivity profile does not fit this network; start a new run")
+        return profile
+    if config.evaluations < SWEEP_SHARE * (probes_needed(graph) + 1):
+        return None
+    probe = _prober(problem, constraints, tracker)
+    return measure_sensitivity(graph, probe, probe(graph.full_mask()))
+
+
+def _as_dict(sensitivity) -> dict[str, list] | None:
+    if sensitivity is None:
+        return None
+    return {"widths": sensitivity.widths.tolist(), "drops": sensitivity.drops.tolist()}
