@@ -160,7 +160,7 @@ def test_info_reports_groups(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["search", "--learning-rate", "nan"], "--learning-rate must be a positive finite number"),
+        (["search", "--learning-rate", "nan"], "--learning-rate must be a finite number >= 0"),
         (["search", "--seed", "abc"], "'abc' is not a valid integer"),
         (["info", "--num-classes", "0"], "--num-classes must be an integer"),
     ],

@@ -13,7 +13,6 @@ from autoprune.search.config import SearchConfig
 BAD_SEARCH = [
     ("--learning-rate", "nan"),
     ("--learning-rate", "inf"),
-    ("--learning-rate", "0"),
     ("--learning-rate", "-1e-3"),
     ("--tau", "0"),
     ("--tau", "nan"),
@@ -65,3 +64,4 @@ def test_configs_check_their_types() -> None:
     with pytest.raises(AutopruneError, match="val_size"):
         ProblemConfig(val_size=1.5).validate()
     SearchConfig(target_params=0.5, learning_rate=1).validate()  # ints where floats go are fine
+    SearchConfig(learning_rate=0.0).validate()  # a frozen policy: the rl-frozen ablation

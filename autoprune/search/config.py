@@ -52,7 +52,7 @@ class SearchConfig:
     rollout: int = 16
     """Evaluations per PPO update (and per checkpoint), at most `MAX_ROLLOUT`."""
     learning_rate: float = 3e-3
-    """PPO's Adam step size."""
+    """PPO's Adam step size; 0 samples from the starting policy without ever updating it (an ablation)."""
     tau: float = 0.01
     """Temperature of the self-competition reward `tanh((score - best) / tau)`."""
     finetune_epochs: float = 0.0
@@ -83,9 +83,10 @@ class SearchConfig:
             raise AutopruneError(f"--steps-per-episode must be >= 1 and --rollout in [2, {MAX_ROLLOUT}]")
         if not 0 <= self.seed < 2**32:
             raise AutopruneError(f"--seed must be in [0, 2**32), got {self.seed}")
-        for option, value in (("--learning-rate", self.learning_rate), ("--tau", self.tau)):
-            if not 0 < value < math.inf:
-                raise AutopruneError(f"{option} must be a positive finite number, got {value}")
+        if not 0 <= self.learning_rate < math.inf:  # 0 freezes the policy: the `rl-frozen` ablation
+            raise AutopruneError(f"--learning-rate must be a finite number >= 0, got {self.learning_rate}")
+        if not 0 < self.tau < math.inf:
+            raise AutopruneError(f"--tau must be a positive finite number, got {self.tau}")
         if not 0 <= self.finetune_epochs < math.inf:
             raise AutopruneError(f"--finetune-epochs must be a finite number >= 0, got {self.finetune_epochs}")
         if not 0 <= self.gpus_per_worker < math.inf:
