@@ -2,7 +2,8 @@
 
 Every evaluation appends one CSV row (flushed). A checkpoint records how many rows it covers; resuming cuts the
 CSV back to that count and purges later TensorBoard steps, so the evaluations after the checkpoint are redone
-and appear exactly once.
+and appear exactly once. One process writes a run directory at a time (`RunDir.locked`), and a resume reads
+its files as data that may be damaged or crafted (`read_metrics`, `autoprune.search.state`).
 """
 
 from __future__ import annotations
@@ -168,10 +169,12 @@ class RunDir:
 
 def _valid_row(row: list[str], evaluation: int) -> bool:
     """A metrics row of `evaluation`: one cell per column, each a number or empty."""
-    if len(row) != len(COLUMNS) or row[0] != str(evaluation):
-        return False
+    return len(row) == len(COLUMNS) and row[0] == str(evaluation) and all(map(_is_number, filter(None, row)))
+
+
+def _is_number(cell: str) -> bool:
     try:
-        [float(cell) for cell in row if cell]
+        float(cell)
     except ValueError:
         return False
     return True
