@@ -11,6 +11,7 @@ import sys
 import warnings
 
 import click
+from click.core import ParameterSource
 
 from autoprune.distributed.commands import submit, sweep, tune_command
 from autoprune.errors import AutopruneError
@@ -268,12 +269,15 @@ def search(resume_dir, quiet, **opts) -> None:
     """Search which channels to prune with the GAT policy and PPO (self-competition reward).
 
     With --resume, the run continues with its own config.json; of the options, only --trust-pickle and
-    --address apply (permissions are never read from the run directory).
+    --address apply, and --model/--dataset naming the run's own pkg.module:factory (permissions and code are never
+    taken from the run directory).
     """
     from autoprune.search.runner import resume_search
 
     if resume_dir:
-        permissions = {"trust_pickle": opts["trust_pickle"], "address": opts["address"]}
+        ctx = click.get_current_context()
+        given = [opts[k] for k in ("model", "dataset") if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE]
+        permissions = {"trust_pickle": opts["trust_pickle"], "address": opts["address"], "code": tuple(given)}
         metrics = resume_search(resume_dir, progress=not quiet, **permissions)
         _report(metrics, resume_dir)
         return

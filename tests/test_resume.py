@@ -276,6 +276,27 @@ def test_resume_takes_permissions_from_the_command_line_only(tmp_path, cache_dir
     assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json"]
 
 
+def test_resume_does_not_call_a_factory_only_config_json_names(tmp_path) -> None:
+    """config.json naming `pkg.module:factory` is code: resume calls it only when the user names it again."""
+    marker = tmp_path / "called"
+    run = tmp_path / "run"
+    run.mkdir()
+    config = SearchConfig(evaluations=4, out=str(run))
+    config.problem.model = "autoprune_evil_factory:build"
+    config.save(run / "config.json")
+    module = tmp_path / "autoprune_evil_factory.py"
+    module.write_text(f"def build(**_):\n    open({str(marker)!r}, 'w').write('ran')\n    raise SystemExit(0)\n")
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        line = cli_error(["search", "--resume", str(run), "--quiet"])
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert "--model autoprune_evil_factory:build" in line
+    assert not marker.exists()
+
+
 def test_resume_does_not_join_the_cluster_config_json_names(finished, tmp_path) -> None:
     """Results from a Ray cluster are unpickled: the address comes from --address, never from the run directory."""
     run = killed_copy(finished, tmp_path)

@@ -167,7 +167,14 @@ def _sweep_trial(params: dict[str, Any]) -> None:
     else:
         start = time.perf_counter()
         if (out / "config.json").exists():
-            metrics = resume_search(out, progress=False)
+            metrics = resume_search(
+                out,
+                progress=False,
+                trust_pickle=problem.trust_pickle,
+                cache_dir=problem.cache_dir,
+                address=base.address,
+                code=(problem.model, problem.dataset or ""),
+            )  # the sweep's own options, never the trial directory's
         else:
             metrics = run_search(config, progress=False)
         wall = round(time.perf_counter() - start, 2)

@@ -103,11 +103,13 @@ def resume_search(
     trust_pickle: bool = False,
     cache_dir: str | None = None,
     address: str | None = None,
+    code: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Continue a killed search from its last checkpoint; evaluations after it are redone, none duplicated.
 
     The run directory is data: its files are checked before any evaluation is spent, and permissions come from
-    the caller, never from its config.json.
+    the caller, never from its config.json. That includes code: a model or dataset built by a user factory
+    (`pkg.module:factory`) is imported and called only when the caller names the same factory in `code`.
 
     Args:
         run_dir: the run directory of `run_search`.
@@ -116,12 +118,14 @@ def resume_search(
         cache_dir: cache for decoded data and the default model (default `$AUTOPRUNE_CACHE`).
         address: Ray cluster to join (`--address`; results from a cluster are unpickled, so never the file's);
             None starts a local Ray when the run has more than one worker.
+        code: the `pkg.module:factory` names the caller vouches for (`--model`/`--dataset` given again).
     """
     run = RunDir(run_dir)
     if not run.config_path.is_file():
         raise AutopruneError(f"{run.path} is not a run directory (no config.json)")
     with run.locked():
         config = SearchConfig.load(run.config_path)
+        _check_code(config, code)
         config.out = str(run.path)
         config.problem = dataclasses.replace(config.problem, trust_pickle=trust_pickle, cache_dir=cache_dir)
         config.address = address
@@ -136,6 +140,15 @@ def resume_search(
         if state is not None:
             check_masks(state, problem.graph, constraints)
         return _execute(config, problem, constraints, run, state=state, rows=rows, progress=progress)
+
+
+def _check_code(config: SearchConfig, code: tuple[str, ...]) -> None:
+    """Refuse to import a factory that only the run directory names (config.json is data, not code)."""
+    for option, name in (("--model", config.problem.model), ("--dataset", config.problem.dataset)):
+        if name and ":" in name and not name.startswith("torchvision:") and name not in code:
+            raise AutopruneError(
+                f"this run is built by {name!r}, code named in its config.json: give {option} {name} again to resume it"
+            )
 
 
 def _setup(config: SearchConfig) -> tuple[Problem, Constraints]:
