@@ -67,8 +67,9 @@ def test_local_ray_of_workers_listens_on_loopback_only(ray_env, tmp_path: Path) 
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
 
 
-def test_workers_beside_a_running_ray_start_cluster_start_a_private_ray(ray_env, tmp_path: Path) -> None:
-    """`--workers 2` with a `ray start` cluster running: one line says so, the search runs, the cluster lives on."""
+def test_workers_reuse_a_running_ray_start_cluster(ray_env, tmp_path: Path) -> None:
+    """`--workers 2` with a `ray start` cluster running: it is joined (one line says so), the cluster lives on; a
+    cluster that cannot serve the search (too few CPUs, or no token) leaves a private Ray to start beside it."""
     head_env = {**ray_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     sid = start_head(head_env, extra=["--include-dashboard=false"])
     try:
@@ -76,15 +77,27 @@ def test_workers_beside_a_running_ray_start_cluster_start_a_private_ray(ray_env,
         assert recorded.is_file()  # what `ray.init()` would have joined, and crashed on with num_cpus given
         head = set(session_members(sid))
 
-        proc = search(ray_env, tmp_path / "run")
+        proc = search(head_env, tmp_path / "run")
         stdout, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 0, stdout[-2000:] + stderr[-3000:]
-        notices = [ln for ln in stderr.splitlines() if "running on this machine" in ln]
-        assert len(notices) == 1 and "private local Ray" in notices[0] and "--address auto" in notices[0]
-        assert recorded.read_text().split(":")[-1] in notices[0]  # names the cluster it left alone
+        notices = [ln for ln in stderr.splitlines() if "`ray start`" in ln]
+        assert len(notices) == 1 and "joining" in notices[0], stderr[-3000:]
+        assert recorded.read_text().split(":")[-1] in notices[0]  # names the cluster it joined
         assert (tmp_path / "run" / "plan.json").is_file()
         alive = {p for p in head if psutil.pid_exists(p)}
         assert alive == head, "the running cluster lost processes"
+
+        fallback = (
+            "from autoprune.distributed.cluster import ensure_ray\n"
+            "import ray\n"
+            "assert ensure_ray(None, num_cpus=3)\n"  # the head has 2: a private Ray of our own is started
+            "ray.shutdown()\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", fallback], env=head_env, capture_output=True, text=True, timeout=180
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "2 CPUs, 3 needed" in result.stderr and "private local Ray" in result.stderr
 
         # and it is joined on request, by `auto` or by its 127.0.0.1 address (which Ray would turn into the
         # machine's external address, where a loopback head does not listen)

@@ -32,9 +32,9 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None, num_gp
     With no `address` (and no `RAY_ADDRESS` in the environment, as Ray sets for job drivers) a private local
     instance is started with exactly the given resources, no dashboard, every port on 127.0.0.1, and the auth
     token (where one has to be made) written with mode 0600. A cluster started with `ray start` on this machine
-    is not joined implicitly (that needs `--address auto`): one line on stderr says that a private instance is
-    started beside it. Otherwise the cluster at `address` (`auto`, `host:port` or `ray://host:10001`) is joined;
-    on a token-authenticated cluster the token comes from `RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH` or
+    is reused instead, when it can be joined (its token is at hand) and has the CPUs asked for; one line on stderr
+    says which of the two happened. Otherwise the cluster at `address` (`auto`, `host:port` or `ray://host:10001`)
+    is joined; on a token-authenticated cluster the token comes from `RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH` or
     `~/.ray/auth_token` (with `RAY_AUTH_MODE=token`).
 
     Args:
@@ -68,10 +68,15 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None, num_gp
         return False
     running = running_cluster()
     if running:
+        refused = _join_running(running, num_cpus or 1)
+        if refused is None:
+            log.warning("joining the Ray cluster started with `ray start` on this machine (%s)", running)
+            return False
         log.warning(
-            "a Ray cluster started with `ray start` is running on this machine (%s); starting a private local Ray "
-            "on 127.0.0.1 instead of joining it (pass --address auto to use that cluster)",
+            "a Ray cluster started with `ray start` is running on this machine (%s) but cannot be used (%s); "
+            "starting a private local Ray on 127.0.0.1 beside it",
             running,
+            refused,
         )
     ensure_local_token()
     with _loopback_node():
@@ -85,6 +90,24 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None, num_gp
             **quiet,
         )
     return True
+
+
+def _join_running(address: str, cpus: float) -> str | None:
+    """Join the cluster at `address` if it has `cpus` CPUs for us; None when joined, else why not (disconnected)."""
+    import ray
+
+    keep = _loopback_node() if _is_loopback(address) else contextlib.nullcontext()
+    try:
+        with keep:
+            ray.init(address=address, logging_level=logging.WARNING, configure_logging=True)
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+        text = str(exc).strip()
+        return text.splitlines()[0][:160] if text else type(exc).__name__
+    available = ray.cluster_resources().get("CPU", 0)
+    if available < cpus:
+        ray.shutdown()
+        return f"it has {available:g} CPUs, {cpus:g} needed"
+    return None
 
 
 def running_cluster() -> str | None:
