@@ -104,21 +104,28 @@ def restore_bn(model: nn.Module, state: dict) -> None:
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Re-estimate BatchNorm statistics on `batches` (cumulative average), leaving the model in eval mode."""
+def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Re-estimate BatchNorm statistics on `batches` (cumulative average), leaving the model in eval mode.
+
+    Returns:
+        Per-image correctness (bool) of the predictions made on the way (each batch normalised by its own
+        statistics): `autoprune.scoring` races candidates on it.
+    """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None
         bn.train()
+    correct = []
     try:
-        for x, _ in batches:
-            model(x)
+        for x, y in batches:
+            correct.append(model(x).argmax(1) == y)
     finally:
         for bn, momentum in zip(bns, momenta, strict=True):
             bn.momentum = momentum
         model.eval()
+    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
 
 
 class MaskedEvaluator:

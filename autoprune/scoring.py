@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from autoprune.graph.channel_graph import ChannelGraph
+from autoprune.masking import recalibrate_bn
 from autoprune.pruning import apply_kept_channels
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
@@ -67,20 +68,6 @@ def clearly_worse(correct: torch.Tensor, incumbent: torch.Tensor, z: float) -> t
         return False, d
     se = float(diff.std(unbiased=True)) / math.sqrt(len(diff))
     return d + z * se < 0, d
-
-
-@torch.no_grad()
-def recalibrate_and_predict(net: nn.Module, batches: Batches) -> torch.Tensor:
-    """Re-estimate `net`'s BatchNorm statistics on `batches` (cumulative average) and return the per-image
-    correctness of its train-mode predictions on them; `net` is left in eval mode."""
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    net.train()
-    correct = [net(x).argmax(1) == y for x, y in batches]
-    net.eval()
-    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
 
 
 class SlicedScorer:
@@ -132,7 +119,7 @@ class SlicedScorer:
         """The pruned, BN-recalibrated copy a candidate is scored with, and its first-stage correctness."""
         net = apply_kept_channels(copy.deepcopy(self.model), self.graph.kept_channels(self.graph.check_mask(keep)))
         if self.recalibration:
-            head = recalibrate_and_predict(net, self.recalibration)
+            head = recalibrate_bn(net, self.recalibration)
             self.images_forwarded += len(head)
             return net, head
         return net.eval(), self.correct(net, 0, self.race_samples)
@@ -196,4 +183,4 @@ class SlicedScorer:
         return self.last
 
 
-__all__ = ["ScoreRecord", "SlicedScorer", "clearly_worse", "recalibrate_and_predict"]
+__all__ = ["ScoreRecord", "SlicedScorer", "clearly_worse"]
