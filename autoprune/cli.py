@@ -38,12 +38,24 @@ class _Group(click.Group):
 def cli() -> None:
     """Search which channels of a trained network to remove under a FLOPs/params budget."""
     warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
+    warnings.showwarning = _one_line_warning
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr, without the source line Python shows by default."""
+    click.echo(f"autoprune: warning: {' '.join(str(message).split())}", err=True)
 
 
 def model_options(func):
     """Options naming the model and its weights (shared by every command)."""
     options = [
-        click.option("--model", default="digits_cnn", show_default=True, help="built-in name or pkg.module:factory"),
+        click.option(
+            "--model",
+            default="digits_cnn",
+            show_default=True,
+            callback=_vouch_for_file,
+            help="built-in name, pkg.module:factory or path/to/file.py:factory",
+        ),
         click.option("--weights", type=click.Path(), default=None, help="trained weights (state dict/checkpoint)"),
         click.option("--trust-pickle", is_flag=True, help="allow weights that need full unpickling (trusted only)"),
     ]
@@ -52,7 +64,16 @@ def model_options(func):
     return func
 
 
-def _input_shape(model: str, input_shape: str | None) -> tuple[int, ...]:
+def _vouch_for_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A `file.py:factory` typed on the command line may run (never one read from a run directory or plan)."""
+    from autoprune.factory import trust_file
+
+    if value and ctx.get_parameter_source(param.name) == ParameterSource.COMMANDLINE:
+        trust_file(value)
+    return value
+
+
+def _input_shape(model: str, input_shape: str | None, dataset_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
     from autoprune.models import model_spec
 
     if input_shape:
@@ -60,21 +81,29 @@ def _input_shape(model: str, input_shape: str | None) -> tuple[int, ...]:
             return tuple(int(s) for s in input_shape.split(","))
         except ValueError:
             raise AutopruneError(f"--input-shape must look like 3,32,32, got {input_shape!r}") from None
+    if dataset_shape:
+        return tuple(dataset_shape)
     spec = model_spec(model)
     if spec is None:
-        raise AutopruneError(f"--input-shape C,H,W is needed for model {model!r}")
+        raise AutopruneError(f"--input-shape C,H,W (or --dataset) is needed for model {model!r}")
     return spec.input_shape
 
 
 @cli.command()
 @model_options
-@click.option("--input-shape", default=None, help="C,H,W of one input (default: the built-in model's)")
-@click.option("--num-classes", default=10, show_default=True)
+@click.option("--input-shape", default=None, help="C,H,W of one input (default: the dataset's or built-in model's)")
+@click.option("--dataset", default=None, callback=_vouch_for_file, help="take input shape and classes from it")
+@click.option("--data-dir", type=click.Path(), default=None, help="dataset files (e.g. cifar10 .tar.gz)")
+@click.option("--num-classes", default=10, show_default=True, help="classifier outputs (default: the dataset's)")
 @click.option("--ignore", multiple=True, help="module whose output channels must not be pruned (repeatable)")
 @click.option("--graph-out", type=click.Path(), default=None, help="write the channel graph as GraphML")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-def info(model, weights, trust_pickle, input_shape, num_classes, ignore, graph_out, as_json) -> None:
-    """Summarise a model's channel graph: groups, prunable channels, FLOPs/params, what is not pruned and why."""
+def info(model, weights, trust_pickle, input_shape, dataset, data_dir, num_classes, ignore, graph_out, as_json) -> None:
+    """Summarise a model's channel graph: groups, prunable channels, FLOPs/params, what is not pruned and why.
+
+    The input shape comes from --input-shape, else from --dataset, else from the built-in model; a model of your own
+    (pkg.module:factory, file.py:factory, torchvision:<name>) needs one of the first two.
+    """
     import time
 
     import networkx as nx
@@ -86,10 +115,18 @@ def info(model, weights, trust_pickle, input_shape, num_classes, ignore, graph_o
 
     if graph_out:
         check_output_file(graph_out, "--graph-out")
+    dataset_shape = None
+    if dataset:
+        from autoprune.data import load_dataset
+
+        bundle = load_dataset(dataset, data_dir=data_dir)
+        dataset_shape = bundle.input_shape
+        if click.get_current_context().get_parameter_source("num_classes") != ParameterSource.COMMANDLINE:
+            num_classes = bundle.num_classes
     net = build_model(model, num_classes=num_classes)
     if weights:
         load_weights(net, weights, trust_pickle=trust_pickle)
-    shape = _input_shape(model, input_shape)
+    shape = _input_shape(model, input_shape, dataset_shape)
     start = time.perf_counter()
     graph = build_channel_graph(net.eval(), torch.zeros(1, *shape), model_name=model, ignore=ignore)
     seconds = time.perf_counter() - start
@@ -97,15 +134,19 @@ def info(model, weights, trust_pickle, input_shape, num_classes, ignore, graph_o
         with writing(graph_out, "--graph-out"):
             nx.write_graphml(to_networkx(graph), graph_out)
     if as_json:
+        blocked = graph.frozen_flops()
         groups = [
             {"root": g.root, "size": g.size, "prunable": g.prunable, "reason": g.reason, "modules": g.modules}
+            | ({} if g.prunable else {"blocked_flops_share": blocked[g.index]})
             for g in graph.groups
         ]
         doc = {
             "model": model,
+            "input_shape": list(shape),
             "decisions": graph.num_decisions,
             "flops": graph.base_flops,
             "params": graph.base_params,
+            "prunable_flops_share": graph.prunable_share(),
             "groups": groups,
             "seconds": seconds,
         }
@@ -122,36 +163,92 @@ def info(model, weights, trust_pickle, input_shape, num_classes, ignore, graph_o
 @cli.command()
 @click.option("--plan", "plan_path", required=True, type=click.Path(), help="plan.json written by a search")
 @model_options
-@click.option("--num-classes", default=10, show_default=True)
+@click.option("--random-init", is_flag=True, help="without --weights, prune a freshly initialised model")
+@click.option("--num-classes", default=10, show_default=True, help="classes, where no --dataset says")
+@click.option("--dataset", default=None, help="recover and measure on this dataset (name or pkg.module:factory)")
+@click.option("--data-dir", type=click.Path(), default=None, help="dataset files (e.g. cifar10 .tar.gz)")
+@click.option("--recalibrate/--no-recalibrate", default=True, show_default=True,
+              help="re-estimate BN statistics on training batches (with --dataset)")  # fmt: skip
+@click.option("--finetune-epochs", type=float, default=0.0, show_default=True,
+              help="fine-tune on the training split (with --dataset; use --device cuda for long runs)")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="seeds recalibration batches and fine-tuning")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto")
 @click.option("--out", required=True, type=click.Path(), help="where to write the pruned model (.pt)")
-@click.option("--onnx", "onnx_path", type=click.Path(), default=None, help="also export ONNX here")
-def apply(plan_path, model, weights, trust_pickle, num_classes, out, onnx_path) -> None:
+@click.option("--onnx", "onnx_path", type=click.Path(), default=None, help="also export ONNX (after recovery)")
+@click.option("--quiet", is_flag=True, help="no progress messages")
+def apply(plan_path, model, weights, trust_pickle, random_init, num_classes, dataset, data_dir, recalibrate,
+          finetune_epochs, seed, device, out, onnx_path, quiet) -> None:  # fmt: skip
     """Apply a plan to a model and write the physically smaller model (and ONNX where asked).
 
-    --weights is required: the plan is applied to the trained weights it was searched on, never to a freshly
-    initialised model.
+    The plan is applied to the trained weights it was searched on (--weights; the default digits model has its
+    own). With --dataset the pruned model is recovered before it is written: BN statistics re-estimated on
+    training batches (as a search does; --no-recalibrate skips it) and --finetune-epochs of fine-tuning.
     """
-    from autoprune.export import export_onnx, save_pruned
-    from autoprune.models import build_model, load_weights
+    from autoprune.deploy import ApplyConfig, apply_plan
+    from autoprune.recovery import quiet as no_log
+    from autoprune.recovery import stderr_log
+
+    config = ApplyConfig(
+        plan=plan_path, out=out, model=model, weights=weights, random_init=random_init, trust_pickle=trust_pickle,
+        num_classes=num_classes, dataset=dataset, data_dir=data_dir, recalibrate=recalibrate,
+        finetune_epochs=finetune_epochs, seed=seed, device=device, onnx=onnx_path, progress=not quiet,
+    )  # fmt: skip
+    done = apply_plan(config, log=no_log if quiet else stderr_log)
+    achieved = done.plan.achieved
+    click.echo(f"wrote {out}: {achieved['flops_ratio']:.1%} FLOPs, {achieved['params_ratio']:.1%} params")
+    if done.metrics:
+        click.echo(_accuracies(done.metrics))
+    elif not dataset:
+        click.echo("not recovered: BN statistics are the unpruned model's (give --dataset to recalibrate them)")
+    if onnx_path:
+        click.echo(f"wrote {onnx_path}")
+
+
+@cli.command()
+@click.option("--plan", "plan_path", required=True, type=click.Path(), help="plan.json written by a search")
+@click.option("--model", default="digits_cnn", show_default=True, help="built-in name or pkg.module:factory")
+@click.option("--num-classes", default=10, show_default=True)
+@click.option("--to", "target", required=True, type=click.Choice(["torch-pruning", "csv"]),
+              help="torch-pruning: a pruning_history; csv: channels per module before and after")  # fmt: skip
+@click.option("--out", required=True, type=click.Path(), help="file to write (.pth or .json history; .csv)")
+def export(plan_path, model, num_classes, target, out) -> None:
+    """Write a plan in other tools' terms: a Torch-Pruning pruning_history, or a per-module width table.
+
+    Torch-Pruning replays the history on the unpruned model:
+    `DG = tp.DependencyGraph().build_dependency(model, example_inputs,
+    customized_pruners=autoprune.nn.CUSTOM_PRUNERS); DG.load_pruning_history(torch.load(path))`.
+    """
+    from autoprune.interop import save_history, save_width_table, torch_pruning_history, width_table
+    from autoprune.models import build_model
     from autoprune.plan import Plan
 
     plan = Plan.load(plan_path)
-    if not weights:
-        raise AutopruneError("apply needs --weights: the trained weights the plan was searched on")
     check_output_file(out, "--out")
-    if onnx_path:
-        check_output_file(onnx_path, "--onnx")
-    net = build_model(model, num_classes=num_classes)
-    plan.check_model(net)  # a plan for another model is the likelier mistake than weights that do not fit
-    load_weights(net, weights, trust_pickle=trust_pickle)
-    pruned = plan.apply(net.eval())
+    net = build_model(model, num_classes=num_classes).eval()  # the channels of the structure; weights not needed
     with writing(out, "--out"):
-        save_pruned(out, pruned, plan, num_classes)
-    click.echo(f"wrote {out}: {plan.achieved['flops_ratio']:.1%} FLOPs, {plan.achieved['params_ratio']:.1%} params")
-    if onnx_path:
-        with writing(onnx_path, "--onnx"):
-            export_onnx(pruned, plan.input_shape, onnx_path)
-        click.echo(f"wrote {onnx_path}")
+        if target == "torch-pruning":
+            history = torch_pruning_history(plan, net)
+            save_history(history, out)
+            click.echo(f"wrote {out}: a torch-pruning pruning_history of {len(history)} groups")
+        else:
+            rows = width_table(plan, net)
+            save_width_table(rows, out)
+            click.echo(f"wrote {out}: {len(rows)} modules")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--out", type=click.Path(), default=None, help="folder for the PNGs and report.html (default RUN_DIR)")
+def report(run_dir, out) -> None:
+    """Draw a finished run or a sweep: PNG figures and a self-contained report.html.
+
+    A run: best score so far per evaluation, accuracy at each stage, kept channels per layer. A sweep: every
+    method's best score so far per evaluation (mean over seeds, with their range) and the comparison table.
+    """
+    from autoprune.html_report import write_report
+
+    page = write_report(run_dir, out)
+    click.echo(f"wrote {page} (and its PNG figures beside it)")
 
 
 def search_options(func):
@@ -161,7 +258,12 @@ def search_options(func):
     d = SearchConfig()
     p = d.problem
     options = [
-        click.option("--dataset", default=None, help="digits, cifar10, fashion-mnist or pkg.module:factory"),
+        click.option(
+            "--dataset",
+            default=None,
+            callback=_vouch_for_file,
+            help="digits, cifar10, fashion-mnist, pkg.module:factory or file.py:factory",
+        ),
         click.option("--data-dir", type=click.Path(), default=None, help="dataset files (e.g. cifar10 .tar.gz)"),
         click.option(
             "--target-flops",
@@ -250,11 +352,18 @@ def _search_config(method: str, opts: dict):
     )  # fmt: skip
 
 
+def _accuracies(metrics: dict) -> str:
+    """One line: test accuracy at every stage the metrics hold (unpruned, pruned, recalibrated...)."""
+    from autoprune.recovery import stage_label
+    from autoprune.search.report import stages
+
+    parts = [f"{stage_label(s)} {metrics[f'test_acc_{s}']:.2%}" for s in stages(metrics) if f"test_acc_{s}" in metrics]
+    return "test accuracy: " + ", ".join(parts)
+
+
 def _report(metrics: dict, out: str) -> None:
-    stages = [("pruned", "pruned"), ("recalibrated", "+ BN recalibration"), ("finetuned", "+ fine-tune")]
-    parts = [f"{label} {metrics[f'test_acc_{key}']:.2%}" for key, label in stages if f"test_acc_{key}" in metrics]
-    click.echo(f"test accuracy: unpruned {metrics['test_acc_unpruned']:.2%}, " + ", ".join(parts))
-    click.echo(f"results in {out} (plan.json, pruned.pt, summary.md, metrics.csv, tb/)")
+    click.echo(_accuracies(metrics))
+    click.echo(f"results in {out} (plan.json, pruned.pt, summary.md, metrics.csv, tb/; autoprune report {out})")
 
 
 @cli.command()

@@ -13,6 +13,9 @@ from autoprune.errors import AutopruneError
 from autoprune.models import build_model
 from autoprune.plan import Plan
 
+IN_MEMORY = "custom"
+"""The model name of plans made for a model given in memory (`autoprune.prune`)."""
+
 
 def save_pruned(path: str | Path, pruned: nn.Module, plan: Plan, num_classes: int) -> Path:
     """Write the pruned weights with what rebuilds the architecture: the model name and the plan.
@@ -29,8 +32,14 @@ def save_pruned(path: str | Path, pruned: nn.Module, plan: Plan, num_classes: in
     return atomic_write(path, lambda f: torch.save(payload, f))
 
 
-def load_pruned(path: str | Path) -> nn.Module:
-    """Rebuild a model written by `save_pruned` (no unpickling of arbitrary objects)."""
+def load_pruned(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a model written by `save_pruned` (no unpickling of arbitrary objects).
+
+    Args:
+        path: the file.
+        model: the unpruned model the plan was made for, for a model autoprune cannot build by name (one passed
+            to `autoprune.prune` in memory); pruned in place. None builds the plan's model by name.
+    """
     try:
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -40,8 +49,13 @@ def load_pruned(path: str | Path) -> nn.Module:
     if not isinstance(payload, dict) or payload.get("format") != "autoprune-pruned":
         raise AutopruneError(f"{path} is not a pruned model written by autoprune")
     plan = Plan.from_dict(payload["plan"], source=f"plan inside {path}")
-    model = build_model(payload["model"], num_classes=int(payload["num_classes"]))
-    plan.apply(model, inplace=True)
+    if model is None and payload["model"] == IN_MEMORY:
+        raise AutopruneError(
+            f"{path} holds a model pruned in memory: pass its unpruned model, load_pruned(path, model)"
+        )
+    if model is None:
+        model = build_model(payload["model"], num_classes=int(payload["num_classes"]))
+    plan.apply(model.cpu(), inplace=True)
     model.load_state_dict(payload["state_dict"])
     return model.eval()
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from autoprune.data import DataBundle, load_dataset
+from autoprune.data._messages import one_line
 from autoprune.errors import AutopruneError
 from autoprune.fields import check_types
 from autoprune.graph import ChannelGraph, build_channel_graph
@@ -141,23 +142,26 @@ def load_problem(config: ProblemConfig) -> Problem:
         dataset, data_dir=config.data_dir, val_size=config.val_size, seed=config.split_seed, cache_dir=config.cache_dir
     )
     model = load_model(config, bundle.num_classes).to(device).eval()
+    return build_problem(config, model, bundle, device)
+
+
+def build_problem(config: ProblemConfig, model: nn.Module, bundle: DataBundle, device: torch.device) -> Problem:
+    """Set up masked scoring of `model` (trained, on `device`) on `bundle`'s validation split.
+
+    `config` supplies the scoring and graph settings; its model, weights and dataset fields are not loaded.
+    """
+    check_fits(model, bundle, config.model, device)
     example = torch.zeros(1, *bundle.input_shape, device=device)
     calibration = bundle.batches("train", 64, limit=64, device=device)[0][0]
-    try:
-        graph = build_channel_graph(
-            model,
-            example,
-            model_name=config.model,
-            ignore=config.ignore,
-            calibration=calibration,
-            min_channels=config.min_channels,
-            round_to=config.round_to,
-        )
-    except RuntimeError as exc:
-        raise AutopruneError(
-            f"model {config.model!r} does not accept {dataset} inputs of shape {tuple(bundle.input_shape)}: "
-            f"{str(exc).splitlines()[0]}"
-        ) from None
+    graph = build_channel_graph(
+        model,
+        example,
+        model_name=config.model,
+        ignore=config.ignore,
+        calibration=calibration,
+        min_channels=config.min_channels,
+        round_to=config.round_to,
+    )
     batches = bundle.batches("val", config.eval_batch_size, limit=config.eval_samples, device=device)
     recal = None
     if config.recalibrate_batches:
@@ -165,3 +169,27 @@ def load_problem(config: ProblemConfig) -> Problem:
         recal = [b for _, b in zip(range(config.recalibrate_batches), loader, strict=False)]
     evaluator = SlicedScorer(model, graph, batches, recal, z=2.0 if config.racing else math.inf)
     return Problem(config=config, model=model, bundle=bundle, graph=graph, evaluator=evaluator, device=device)
+
+
+def check_fits(model: nn.Module, bundle: DataBundle, model_name: str, device: torch.device | str = "cpu") -> None:
+    """Raise AutopruneError unless `model` takes `bundle`'s images and gives one logit per class."""
+    shape = tuple(bundle.input_shape)
+    try:
+        with torch.no_grad():
+            logits = model.eval()(torch.zeros(2, *shape, device=device))
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+        if first is not None and first.in_channels != shape[0]:
+            why = f"its first convolution takes {first.in_channels} channels, the images have {shape[0]}"
+        else:
+            why = f"its forward pass fails: {one_line(exc)[:100]}"
+        raise AutopruneError(
+            f"model {model_name!r} does not take {bundle.name} images of shape {shape} ({why}); give a --dataset "
+            "that fits the model, or a model made for this dataset"
+        ) from None
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] != bundle.num_classes:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise AutopruneError(
+            f"model {model_name!r} gives outputs of shape {got} on {bundle.name} images; a classifier for its "
+            f"{bundle.num_classes} classes must give (batch, {bundle.num_classes})"
+        )

@@ -109,7 +109,10 @@ def sweep(methods, seeds, targets, evaluations, config_path, max_concurrent, cpu
 
 
 def _sweep_done(rows: list[dict], out: str) -> None:
-    click.echo(f"{len(rows)} runs compared in {out}/comparison.md (and comparison.csv, comparison_summary.csv)")
+    click.echo(
+        f"{len(rows)} runs compared in {out}/comparison.md (and comparison.csv, comparison_summary.csv, "
+        "comparison.png; autoprune report draws more)"
+    )
 
 
 @click.command(name="tune")

@@ -121,7 +121,7 @@ def markdown(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]) 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, list(columns), extrasaction="ignore")
+        writer = csv.DictWriter(f, list(columns), extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})

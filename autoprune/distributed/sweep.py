@@ -2,7 +2,8 @@
 
 `run_sweep` lays a sweep out as `<out>/runs/<method>-f<target>-s<seed>/` (a complete run directory each),
 `<out>/tune/sweep/` (Tune's storage: trial states and results), and the comparison tables written at the end
-(`comparison.md`, `comparison.csv`, `comparison_summary.csv`; see `autoprune.distributed.compare`).
+(`comparison.md`, `comparison.csv`, `comparison_summary.csv`; see `autoprune.distributed.compare`) and
+`comparison.png`, every method's best score so far per evaluation (`autoprune.html_report.plot_sweep`).
 
 A trial that is restarted (by `FailureConfig` retries or by `resume_sweep` after an interruption) continues its
 run directory with `resume_search`, so an RL trial picks up at its last checkpoint rather than starting over.
@@ -106,6 +107,7 @@ def _fit(base: SearchConfig, spec: SweepSpec, resume: bool, num_cpus: float | No
 
     from autoprune.distributed.cluster import fit_experiment
     from autoprune.distributed.compare import read_rows, write_comparison
+    from autoprune.html_report import plot_sweep
 
     out = Path(base.out)
 
@@ -136,6 +138,7 @@ def _fit(base: SearchConfig, spec: SweepSpec, resume: bool, num_cpus: float | No
     if not rows:
         raise AutopruneError(f"no trial of the sweep in {out} finished ({first_error(grid)})")
     write_comparison(rows, out)
+    plot_sweep(out)
     if len(rows) < len(runs):
         raise AutopruneError(
             f"{len(runs) - len(rows)} of {len(runs)} trials did not finish ({first_error(grid)}); the comparison in "

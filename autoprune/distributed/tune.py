@@ -230,7 +230,7 @@ def _report(base: SearchConfig, spec: TuneSpec, grid: Any) -> dict[str, Any]:
         raise AutopruneError(f"no trial of {out / 'tune' / EXPERIMENT} finished ({first_error(grid)})")
     columns = [k for k in rows[0] if k != "best_keep"]
     with open(out / "trials.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer = csv.DictWriter(f, columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     best = max(finished, key=lambda r: r["best_score"])

@@ -1,19 +1,74 @@
-"""After a search: prune the best mask for real, measure it, and write plan.json, pruned.pt and summary.md."""
+"""After a search: prune the best mask for real, recover and measure it, and write plan.json, pruned.pt, summary.md."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from autoprune.atomic import atomic_write_text
 from autoprune.constraints import Constraints, fill
 from autoprune.export import save_pruned
-from autoprune.masking import recalibrate_bn
 from autoprune.plan import Plan
 from autoprune.problem import Problem
-from autoprune.training import evaluate, train
+from autoprune.recovery import Log, measure, quiet, recover, recovery_stages, stage_label, stderr_log
+
+
+@dataclass
+class Outcome:
+    """What a finished search produced."""
+
+    plan: Plan
+    """The plan (its `metrics` are the run's)."""
+    pruned: nn.Module
+    """The pruned model after recovery (BN recalibration, fine-tuning where asked)."""
+    metrics: dict[str, Any]
+    """Accuracies (fractions in [0, 1]) per stage and split, and what the search cost."""
+
+
+def finish(
+    problem: Problem,
+    constraints: Constraints,
+    keep: np.ndarray,
+    best_score: float,
+    out: Path,
+    method: str,
+    finetune_epochs: float = 0.0,
+    seed: int = 0,
+    extra: dict[str, Any] | None = None,
+    log: Log = stderr_log,
+) -> Outcome:
+    """Prune `keep` for real, recover and measure it, write the run's results to `out` and return them.
+
+    The plan is `keep` filled up to the budget (`autoprune.constraints.fill`): whatever method found the mask,
+    budget it leaves unused is capacity lost after fine-tuning.
+    """
+    start = time.perf_counter()
+    model, bundle, device = problem.model, problem.bundle, problem.device
+    keep = fill(problem.graph, keep, constraints)
+    metrics: dict[str, Any] = {
+        "method": method,
+        "search_val_acc_unpruned": problem.base_score,
+        "search_val_acc_best": best_score,
+        **measure(model, bundle, "unpruned", device=device, log=log),
+    }
+    plan = Plan.from_mask(model, problem.graph, keep, constraints)
+    pruned = plan.apply(model)
+    stages = recovery_stages(finetune_epochs=finetune_epochs, seed=seed)
+    metrics.update(recover(pruned, bundle, stages=stages, device=device, log=log))
+    metrics["finetune_epochs"] = finetune_epochs
+    metrics.update(extra or {})
+    metrics["finalize_seconds"] = round(time.perf_counter() - start, 2)
+    plan.metrics = metrics
+    log(f"writing plan.json, pruned.pt and summary.md to {out}")
+    plan.save(out / "plan.json")
+    save_pruned(out / "pruned.pt", pruned, plan, bundle.num_classes)
+    atomic_write_text(out / "summary.md", summary(plan, problem))
+    return Outcome(plan, pruned, metrics)
 
 
 def finalize(
@@ -26,48 +81,25 @@ def finalize(
     finetune_epochs: float = 0.0,
     seed: int = 0,
     extra: dict[str, Any] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Write the run's results and return its metrics (accuracies are fractions in [0, 1]).
+    """`finish`, returning only the metrics; `progress` prints a line per step on stderr."""
+    log = stderr_log if progress else quiet
+    return finish(problem, constraints, keep, best_score, out, method, finetune_epochs, seed, extra, log).metrics
 
-    The plan is `keep` filled up to the budget (`autoprune.constraints.fill`): whatever method found the mask,
-    budget it leaves unused is capacity lost after fine-tuning.
-    """
-    model, bundle, device = problem.model, problem.bundle, problem.device
-    keep = fill(problem.graph, keep, constraints)
-    val = bundle.batches("val", 500, device=device)
-    test = bundle.batches("test", 500, device=device)
-    metrics: dict[str, Any] = {
-        "method": method,
-        "search_val_acc_unpruned": problem.base_score,
-        "search_val_acc_best": best_score,
-        "val_acc_unpruned": evaluate(model, val, device),
-        "test_acc_unpruned": evaluate(model, test, device),
-    }
-    plan = Plan.from_mask(model, problem.graph, keep, constraints)
-    pruned = plan.apply(model)
-    metrics["val_acc_pruned"] = evaluate(pruned, val, device)
-    metrics["test_acc_pruned"] = evaluate(pruned, test, device)
-    recal = bundle.loader("train", 128, shuffle=True, seed=seed, device=device)
-    recalibrate_bn(pruned, [b for _, b in zip(range(20), recal, strict=False)])
-    metrics["val_acc_recalibrated"] = evaluate(pruned, val, device)
-    metrics["test_acc_recalibrated"] = evaluate(pruned, test, device)
-    if finetune_epochs > 0:
-        train(pruned, bundle, epochs=finetune_epochs, device=device, seed=seed)
-        pruned.eval()
-        metrics["val_acc_finetuned"] = evaluate(pruned, val, device)
-        metrics["test_acc_finetuned"] = evaluate(pruned, test, device)
-    metrics.update(extra or {})
-    plan.metrics = metrics
-    plan.save(out / "plan.json")
-    save_pruned(out / "pruned.pt", pruned, plan, bundle.num_classes)
-    atomic_write_text(out / "summary.md", summary(plan, problem))
-    return metrics
+
+VAL_CAVEAT = (
+    "The validation split is carved from the dataset's training data: weights trained on the whole training split "
+    "(as the shared CIFAR-10 weights were) have seen it, so validation accuracies can be optimistic; the test split "
+    "is the one the search never looks at."
+)
 
 
 def summary(plan: Plan, problem: Problem) -> str:
-    """A short human-readable report: accuracy, FLOPs and params before/after, kept channels per layer."""
+    """A short human-readable report: accuracy, FLOPs and params before/after, cost, kept channels per layer."""
     m, a = plan.metrics, plan.achieved
     target = ", ".join(f"{k} ≤ {v:.0%}" for k, v in plan.constraint.items() if v is not None)
+    epochs = float(m.get("finetune_epochs") or 0)
     lines = [
         f"# autoprune run: {plan.model_name} ({m['method']})",
         "",
@@ -75,17 +107,55 @@ def summary(plan: Plan, problem: Problem) -> str:
         f"({a['flops'] / 1e6:.2f} M of {a['base_flops'] / 1e6:.2f} M MACs), "
         f"params {a['params_ratio']:.1%} ({a['params'] / 1e6:.3f} M of {a['base_params'] / 1e6:.3f} M).",
         "",
+        f"Search: {cost(m)}. Fine-tuned: " + (f"{epochs:g} epochs." if epochs > 0 else "no."),
+        "",
         "| stage | val acc | test acc |",
         "|---|---|---|",
-        f"| unpruned | {m['val_acc_unpruned']:.2%} | {m['test_acc_unpruned']:.2%} |",
-        f"| pruned | {m['val_acc_pruned']:.2%} | {m['test_acc_pruned']:.2%} |",
-        f"| + BN recalibration | {m['val_acc_recalibrated']:.2%} | {m['test_acc_recalibrated']:.2%} |",
     ]
-    if "test_acc_finetuned" in m:
-        lines.append(f"| + fine-tune | {m['val_acc_finetuned']:.2%} | {m['test_acc_finetuned']:.2%} |")
+    for stage in stages(m):
+        cells = [_pct(m.get(f"{split}_acc_{stage}")) for split in ("val", "test")]
+        lines.append(f"| {stage_label(stage)} | {cells[0]} | {cells[1]} |")
+    lines += ["", VAL_CAVEAT]
     lines += ["", "Kept output channels per layer:", "", "| layer | kept | of |", "|---|---|---|"]
-    for name, layer in problem.graph.layers.items():
+    for name, kept, total in kept_per_layer(plan, problem.graph):
+        lines.append(f"| {name} | {kept} | {total} |")
+    return "\n".join(lines) + "\n"
+
+
+def cost(metrics: dict[str, Any]) -> str:
+    """What a search spent, in words: evaluations, images forwarded, seconds."""
+    parts = []
+    if "evaluations" in metrics:
+        parts.append(f"{metrics['evaluations']} evaluations")
+    if metrics.get("images_forwarded"):
+        parts.append(f"{metrics['images_forwarded']:,} images forwarded")
+    if "search_seconds" in metrics:
+        parts.append(f"{float(metrics['search_seconds']):.1f} s searching")
+    if "finalize_seconds" in metrics:
+        parts.append(f"{float(metrics['finalize_seconds']):.1f} s pruning, recovering and measuring")
+    return ", ".join(parts) or "cost not recorded"
+
+
+def stages(metrics: dict[str, Any]) -> list[str]:
+    """The accuracy stages in `metrics` (`<split>_acc_<stage>` keys, `search_` ones aside), in recorded order."""
+    found: list[str] = []
+    for key in metrics:
+        for split in ("val", "test"):
+            prefix = f"{split}_acc_"
+            if key.startswith(prefix) and key[len(prefix) :] not in found:
+                found.append(key[len(prefix) :])
+    return found
+
+
+def kept_per_layer(plan: Plan, graph) -> list[tuple[str, int, int]]:
+    """`(layer, kept, original)` output channels of every conv and linear layer of `graph`."""
+    rows = []
+    for name, layer in graph.layers.items():
         if layer.kind in ("conv", "dwconv", "linear") and layer.out_channels:
             kept = len(plan.modules.get(name, {}).get("out", range(layer.out_channels)))
-            lines.append(f"| {name} | {kept} | {layer.out_channels} |")
-    return "\n".join(lines) + "\n"
+            rows.append((name, kept, layer.out_channels))
+    return rows
+
+
+def _pct(value: Any) -> str:
+    return "–" if value is None else f"{float(value):.2%}"

@@ -128,7 +128,7 @@ class RunDir:
         """Rewrite metrics.csv with `rows` (from `read_metrics`; none for a new run), then append from there."""
         atomic_write_text(self.metrics_path, ",".join(COLUMNS) + "\n" + "".join(",".join(r) + "\n" for r in rows))
         self._csv = open(self.metrics_path, "a", newline="")  # noqa: SIM115 - closed in close()
-        self._writer = csv.writer(self._csv)
+        self._writer = csv.writer(self._csv, lineterminator="\n")  # LF like the header (csv defaults to CRLF)
         from torch.utils.tensorboard import SummaryWriter
 
         self._tb = SummaryWriter(str(self.path / "tb"), purge_step=len(rows) + 1 if rows else None)

@@ -12,10 +12,12 @@ from tqdm.auto import tqdm
 
 from autoprune.constraints import Constraints, check_feasible
 from autoprune.errors import AutopruneError
+from autoprune.plan import Plan
 from autoprune.problem import Problem, load_problem
+from autoprune.recovery import quiet, stderr_log
 from autoprune.search.checkpoint import read_agent
 from autoprune.search.config import SearchConfig
-from autoprune.search.report import finalize
+from autoprune.search.report import Outcome, finish
 from autoprune.search.rundir import RunDir
 from autoprune.search.state import check_masks, check_state
 
@@ -88,13 +90,34 @@ def run_search(config: SearchConfig, progress: bool = True) -> dict[str, Any]:
     this process holds its lock until the results are written.
     """
     config.validate()
+    RunDir(config.out).check_new()
+    problem, constraints = _setup(config)
+    return search_problem(config, problem, constraints, progress).metrics
+
+
+def search_problem(config: SearchConfig, problem: Problem, constraints: Constraints, progress: bool = True) -> Outcome:
+    """Search `problem` (already set up, e.g. from an in-memory model) as a new run in `config.out`.
+
+    Args:
+        config: the search settings; `config.problem` is recorded in config.json but not loaded.
+        problem: model, data, channel graph and scorer.
+        constraints: the budget.
+        progress: progress bar and a stderr line per step after the search.
+    """
     run = RunDir(config.out)
     run.check_new()
-    problem, constraints = _setup(config)
     with run.locked():
         run.check_new()  # another search may have taken this --out during the setup
         config.save(run.config_path)
         return _execute(config, problem, constraints, run, state=None, rows=[], progress=progress)
+
+
+def finished_metrics(run_dir: str | Path) -> dict[str, Any] | None:
+    """The metrics of a run that has finished (its plan, pruned model and summary are written), else None."""
+    path = Path(run_dir)
+    if not all((path / name).is_file() for name in ("plan.json", "pruned.pt", "summary.md")):
+        return None
+    return Plan.load(path / "plan.json").metrics
 
 
 def resume_search(
@@ -124,6 +147,11 @@ def resume_search(
     if not run.config_path.is_file():
         raise AutopruneError(f"{run.path} is not a run directory (no config.json)")
     with run.locked():
+        done = finished_metrics(run.path)
+        if done is not None:  # nothing left to do: its results, not a second finalisation
+            if progress:
+                stderr_log(f"{run.path} is a finished run; its results are in {run.path / 'summary.md'}")
+            return done
         config = SearchConfig.load(run.config_path)
         _check_code(config, code)
         config.out = str(run.path)
@@ -139,7 +167,7 @@ def resume_search(
         problem, constraints = _setup(config)
         if state is not None:
             check_masks(state, problem.graph, constraints)
-        return _execute(config, problem, constraints, run, state=state, rows=rows, progress=progress)
+        return _execute(config, problem, constraints, run, state=state, rows=rows, progress=progress).metrics
 
 
 def _check_code(config: SearchConfig, code: tuple[str, ...]) -> None:
@@ -166,7 +194,7 @@ def _execute(
     state: dict[str, Any] | None,
     rows: list[list[str]],
     progress: bool,
-) -> dict[str, Any]:
+) -> Outcome:
     done = int(state["evaluations"]) if state else 0
     best = (state["best_score"], state["best_keep"]) if state and state.get("best_keep") else None
     run.open_metrics(rows)
@@ -185,7 +213,7 @@ def _execute(
         run.close()
     if tracker.best_keep is None:
         raise AutopruneError("the search made no evaluation")
-    return finalize(
+    return finish(
         problem,
         constraints,
         tracker.best_keep,
@@ -199,6 +227,7 @@ def _execute(
             "images_forwarded": tracker.images,
             "search_seconds": round(tracker.seconds, 2),
         },
+        log=stderr_log if progress else quiet,
     )
 
 

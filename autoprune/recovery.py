@@ -1,0 +1,154 @@
+"""Recover a pruned model's accuracy in named stages (BN recalibration, fine-tuning), measuring it after each.
+
+`recover` is what both `autoprune apply` and a search's finalisation run. A stage is a `Stage`: a name (the
+metrics say `val_acc_<name>`, `test_acc_<name>`), a label for people, and a function that changes the model in
+place. Another recovery step slots in as one more `Stage` in the list `recovery_stages` returns.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from autoprune.data import DataBundle
+from autoprune.masking import recalibrate_bn
+from autoprune.training import evaluate, train
+
+Log = Callable[[str], None]
+"""Where progress messages go (one line each)."""
+
+RECALIBRATION_BATCHES = 20
+"""Training batches (of `RECALIBRATION_BATCH_SIZE`) that re-estimate BatchNorm statistics after pruning."""
+RECALIBRATION_BATCH_SIZE = 128
+
+LABELS = {
+    "unpruned": "unpruned",
+    "pruned": "pruned",
+    "reconstructed": "+ reconstruction",
+    "recalibrated": "+ BN recalibration",
+    "finetuned": "+ fine-tune",
+}
+"""How reports name the stages they know; any other stage is shown by its name."""
+
+
+def stage_label(name: str) -> str:
+    """The label of stage `name` in summaries and plots."""
+    return LABELS.get(name, name)
+
+
+def stderr_log(message: str) -> None:
+    """Print one progress line on stderr (where it does not mix with results on stdout)."""
+    print(f"autoprune: {message}", file=sys.stderr, flush=True)
+
+
+def quiet(message: str) -> None:
+    """A `Log` that drops every message."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One recovery step, applied to the pruned model in place."""
+
+    name: str
+    """Short name: the metrics of the model after it are `<split>_acc_<name>`."""
+    run: Callable[[nn.Module, DataBundle, torch.device], None]
+    """Called as `run(model, bundle, device)`; changes `model` in place."""
+    what: str = ""
+    """What it does, for progress messages (e.g. "recalibrating BN statistics on 2560 training images")."""
+
+
+def recalibration(
+    batches: int = RECALIBRATION_BATCHES, batch_size: int = RECALIBRATION_BATCH_SIZE, seed: int = 0
+) -> Stage:
+    """BatchNorm statistics re-estimated on `batches` shuffled training batches (drawn with `seed`)."""
+
+    def run(model: nn.Module, bundle: DataBundle, device: torch.device) -> None:
+        loader = bundle.loader("train", batch_size, shuffle=True, seed=seed, device=device)
+        recalibrate_bn(model.to(device), [b for _, b in zip(range(batches), loader, strict=False)])
+
+    return Stage("recalibrated", run, f"recalibrating BN statistics on up to {batches * batch_size} training images")
+
+
+def finetuning(epochs: float, seed: int = 0, progress: bool = False, lr: float = 0.02) -> Stage:
+    """SGD fine-tuning on the train split for `epochs` (see `autoprune.training.train`)."""
+
+    def run(model: nn.Module, bundle: DataBundle, device: torch.device) -> None:
+        train(model, bundle, epochs=epochs, lr=lr, device=device, seed=seed, progress=progress)
+        model.eval()
+
+    return Stage("finetuned", run, f"fine-tuning for {epochs:g} epochs")
+
+
+def recovery_stages(
+    recalibrate: bool = True, finetune_epochs: float = 0.0, seed: int = 0, progress: bool = False
+) -> list[Stage]:
+    """The default recovery: BN recalibration, then fine-tuning when `finetune_epochs` > 0."""
+    stages = [recalibration(seed=seed)] if recalibrate else []
+    if finetune_epochs > 0:
+        stages.append(finetuning(finetune_epochs, seed=seed, progress=progress))
+    return stages
+
+
+def recover(
+    pruned: nn.Module,
+    bundle: DataBundle,
+    recalibrate: bool = True,
+    finetune_epochs: float = 0.0,
+    *,
+    stages: Sequence[Stage] | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    splits: Sequence[str] = ("val", "test"),
+    log: Log = stderr_log,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Run the recovery stages on `pruned` (in place) and measure its accuracy before them and after each.
+
+    Args:
+        pruned: the physically pruned model; left on `device` in eval mode.
+        bundle: the data: stages train on its train split, accuracy is measured on `splits`.
+        recalibrate: re-estimate BatchNorm statistics (ignored when `stages` is given).
+        finetune_epochs: fine-tune for this many epochs after recalibration (ignored when `stages` is given).
+        stages: the stages to run instead of `recovery_stages(recalibrate, finetune_epochs, seed)`.
+        device: where to run.
+        seed: seeds the recalibration batches and fine-tuning.
+        splits: splits accuracy is measured on (none: the stages run unmeasured).
+        log: receives one progress line per step.
+        progress: show a progress bar while fine-tuning.
+
+    Returns:
+        `{<split>_acc_pruned, <split>_acc_<stage>...}` (fractions in [0, 1]) and `recovery_seconds`.
+    """
+    device = torch.device(device)
+    if stages is None:
+        stages = recovery_stages(recalibrate, finetune_epochs, seed, progress)
+    start = time.perf_counter()
+    metrics = measure(pruned, bundle, "pruned", splits, device, log)
+    for stage in stages:
+        log(f"{stage.what or stage.name}...")
+        stage.run(pruned, bundle, device)
+        metrics.update(measure(pruned, bundle, stage.name, splits, device, log))
+    pruned.to(device).eval()
+    metrics["recovery_seconds"] = round(time.perf_counter() - start, 2)
+    return metrics
+
+
+def measure(
+    model: nn.Module,
+    bundle: DataBundle,
+    stage: str,
+    splits: Sequence[str] = ("val", "test"),
+    device: str | torch.device = "cpu",
+    log: Log = stderr_log,
+) -> dict[str, float]:
+    """`{<split>_acc_<stage>: accuracy}` of `model` on each of `splits`, with one progress line."""
+    if not splits:
+        return {}
+    sizes = ", ".join(f"{len(bundle.split(s).labels)} {s}" for s in splits)
+    log(f"evaluating the {stage} model on {sizes} images...")
+    return {f"{s}_acc_{stage}": evaluate(model, bundle.batches(s, 500, device=device), device) for s in splits}
