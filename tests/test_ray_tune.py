@@ -81,6 +81,7 @@ def test_sweep_killed_then_restored_finishes_every_trial_once(local_ray, tmp_pat
         assert len(list(csv.DictReader(f))) == len(SEEDS)
     summary = (out / "comparison.md").read_text()
     assert "| random-masks | 0.5 | 3 |" in summary and "±" in summary
+    assert (out / "comparison.png").read_bytes().startswith(b"\x89PNG")  # the sweep draws its comparison too
 
 
 def test_tuned_baseline_reports_every_candidate_and_keeps_the_best(local_ray, tmp_path: Path) -> None:
