@@ -27,6 +27,7 @@ from autoprune.constraints import Constraints, check_feasible
 from autoprune.data._messages import one_line
 from autoprune.errors import AutopruneError
 from autoprune.export import IN_MEMORY, save_pruned
+from autoprune.graph.channel_graph import ChannelGraph
 from autoprune.plan import Plan
 
 ScoreFn = Callable[[nn.Module], float]
@@ -163,7 +164,9 @@ class FunctionScorer:
     Has the interface of `autoprune.scoring.SlicedScorer` the search uses: `score`, `probe` and `__call__`.
     """
 
-    def __init__(self, model: nn.Module, graph, score_fn: ScoreFn, recalibration: list | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, graph: ChannelGraph, score_fn: ScoreFn, recalibration: list | None = None
+    ) -> None:
         self.model = model
         self.graph = graph
         self.score_fn = score_fn

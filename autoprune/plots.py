@@ -118,7 +118,7 @@ def plot_stages(metrics: Mapping[str, Any], stages: Sequence[str], path: Path) -
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(stages) + 1.5), 3.8), dpi=110)
     x = np.arange(len(stages))
     for offset, split in ((-0.2, "val"), (0.2, "test")):
-        values = [100 * float(metrics.get(f"{split}_acc_{s}") or np.nan) for s in stages]
+        values = [100 * float(v) if (v := metrics.get(f"{split}_acc_{s}")) is not None else np.nan for s in stages]
         bars = ax.bar(x + offset, values, width=0.4, label=split)
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.set_xticks(x, [stage_label(s) for s in stages], fontsize=8)

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import autoprune
 from autoprune.data import load_dataset
 from autoprune.errors import AutopruneError
+from autoprune.search.runner import resume_search
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -95,7 +96,7 @@ def test_readme_example_prunes_an_in_memory_resnet_in_ten_lines(trained, tmp_pat
         autoprune.load_pruned(saved / "pruned.pt")
 
 
-def test_score_fn_replaces_validation_accuracy(trained) -> None:
+def test_score_fn_replaces_validation_accuracy(trained, tmp_path) -> None:
     scores: list[float] = []
 
     def fewest_parameters_in_block0(net: nn.Module) -> float:
@@ -105,10 +106,15 @@ def test_score_fn_replaces_validation_accuracy(trained) -> None:
     result = autoprune.prune(
         trained, torch.zeros(1, 1, 8, 8), train_loader=loader("train"), val_loader=loader("val"),
         method="random-masks", evaluations=6, score_fn=fewest_parameters_in_block0, progress=False,
+        out=tmp_path / "run",
     )  # fmt: skip
     assert len(scores) == 1 + 6  # the unpruned model, then every evaluation
     assert result.metrics["search_val_acc_unpruned"] == -16.0
     assert result.metrics["search_val_acc_best"] == max(scores[1:])
+    assert result.run_dir == tmp_path / "run" and (result.run_dir / "metrics.csv").is_file()
+    (result.run_dir / "summary.md").unlink()  # as if killed before the end: the directory cannot rebuild the model
+    with pytest.raises(AutopruneError, match="given in memory"):
+        resume_search(result.run_dir)
 
 
 @pytest.mark.parametrize(

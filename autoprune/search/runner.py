@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from autoprune.constraints import Constraints, check_feasible
 from autoprune.errors import AutopruneError
+from autoprune.export import IN_MEMORY
 from autoprune.plan import Plan
 from autoprune.problem import Problem, load_problem
 from autoprune.recovery import quiet, stderr_log
@@ -172,6 +173,10 @@ def resume_search(
 
 def _check_code(config: SearchConfig, code: tuple[str, ...]) -> None:
     """Refuse to import a factory that only the run directory names (config.json is data, not code)."""
+    if config.problem.model == IN_MEMORY:
+        raise AutopruneError(
+            "this run searched a model given in memory (autoprune.prune): it cannot be resumed from its directory"
+        )
     for option, name in (("--model", config.problem.model), ("--dataset", config.problem.dataset)):
         if name and ":" in name and not name.startswith("torchvision:") and name not in code:
             raise AutopruneError(
