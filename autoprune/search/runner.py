@@ -131,6 +131,9 @@ def resume_search(
 ) -> dict[str, Any]:
     """Continue a killed search from its last checkpoint; evaluations after it are redone, none duplicated.
 
+    A finished run (plan.json, pruned.pt and summary.md written) returns the metrics its plan records, and
+    nothing is redone.
+
     The run directory is data: its files are checked before any evaluation is spent, and permissions come from
     the caller, never from its config.json. That includes code: a model or dataset built by a user factory
     (`pkg.module:factory`) is imported and called only when the caller names the same factory in `code`.
