@@ -8,11 +8,13 @@ same function as the pruned one; `tests/test_equivalence.py` checks that for eve
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from autoprune.graph.channel_graph import OUT, ChannelGraph
 
@@ -38,6 +40,7 @@ class ChannelMasker:
                     owners[m.module] = np.full(graph.layers[m.module].out_channels, -1, dtype=np.int64)
                 owners[m.module][m.channel_idx] = g.offset + m.root_idx
         self._names = list(owners)
+        self._dims = {n: graph.layers[n].channel_dim for n in self._names}
         sizes = [len(owners[n]) for n in self._names]
         flat = np.concatenate([owners[n] for n in self._names]) if owners else np.zeros(0, np.int64)
         # Index `num_decisions` points at a constant 1 appended to the mask: channels no decision owns.
@@ -46,16 +49,60 @@ class ChannelMasker:
         self._sizes = sizes
         self._masks: dict[str, torch.Tensor] = {}
         self._active = False
-        self._hooks = [modules[n].register_forward_hook(self._hook(n)) for n in self._names]
+        self._hooks = [
+            modules[n].register_forward_hook(self._attention_hook(n), with_kwargs=True)
+            if isinstance(modules[n], nn.MultiheadAttention)
+            else modules[n].register_forward_hook(self._hook(n))
+            for n in self._names
+            if n in modules
+        ]
+        self._narrowed: dict[str, nn.Module] = {}
+        # Unwrapped parameters (a layer scale, a class token) have no forward to hook: their values are masked.
+        params = dict(model.named_parameters())
+        self._params = {n: (params[n], params[n].detach().clone()) for n in self._names if n not in modules}
 
     def _hook(self, name: str):
+        dim = self._dims[name]
+
         def apply(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            if not self._active:
+            if not self._active or not isinstance(output, torch.Tensor):
                 return None
             mask = self._masks[name]
+            if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+                # Normalise over the kept channels only, as the pruned LayerNorm does.
+                return _masked_layer_norm(module, inputs[0], mask, dim)
             shape = [1] * output.dim()
-            shape[1] = -1
+            shape[dim] = -1
             return output * mask.view(shape).to(output.dtype)
+
+        return apply
+
+    def _attention_hook(self, name: str):
+        """Attention narrowed to the kept embedding channels: the physically pruned module, built once per mask.
+
+        Masking the input alone is not the same network: the pruned attention also has narrower heads (a smaller
+        softmax scale) and no query/key/value projections for the pruned channels.
+        """
+
+        def apply(module: nn.MultiheadAttention, args: tuple, kwargs: dict, output: tuple):
+            if not self._active or module is self._narrowed.get(name):  # the copy carries this hook too
+                return None
+            kept = self._masks[name].bool()
+            if bool(kept.all()):
+                return None
+            if name not in self._narrowed:
+                from autoprune.pruning import pruner_for
+
+                narrow = copy.deepcopy(module)
+                pruner_for(module).prune_out_channels(narrow, torch.nonzero(~kept).flatten().tolist())
+                self._narrowed[name] = narrow
+            names = ("query", "key", "value")
+            qkv = [*args[:3], *(kwargs[n] for n in names[len(args) :] if n in kwargs)]
+            rest = {k: v for k, v in kwargs.items() if k not in names}
+            out, weights = self._narrowed[name](*(t[..., kept] for t in qkv), **rest)
+            full = out.new_zeros(*out.shape[:-1], len(kept))
+            full[..., kept] = out
+            return full, weights
 
         return apply
 
@@ -63,25 +110,53 @@ class ChannelMasker:
         """Apply `keep` (one 0/1 per decision) from now on; None switches masking off."""
         if keep is None:
             self._active = False
+            self._restore_params()
             return
         keep = self.graph.check_mask(keep)
         extended = torch.ones(len(keep) + 1, device=self._index.device)
         extended[: len(keep)] = torch.as_tensor(keep, dtype=torch.float32, device=self._index.device)
         values = extended[self._index].split(self._sizes)
         self._masks = dict(zip(self._names, values, strict=True))
+        self._narrowed = {}
         self._active = True
+        with torch.no_grad():
+            for name, (param, original) in self._params.items():
+                shape = [1] * param.dim()
+                shape[self._dims[name]] = -1
+                param.copy_(original * self._masks[name].view(shape).to(param.dtype))
+
+    def _restore_params(self) -> None:
+        with torch.no_grad():
+            for param, original in self._params.values():
+                param.copy_(original)
 
     def remove(self) -> None:
-        """Detach the hooks; the model is as before."""
+        """Detach the hooks and restore masked parameters; the model is as before."""
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        self._restore_params()
 
     def __enter__(self) -> ChannelMasker:
         return self
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+def _masked_layer_norm(module: nn.LayerNorm, x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """LayerNorm of input `x` over the channels `mask` keeps (on dimension `dim`); the others are zero.
+
+    `dim` is -1 for a plain LayerNorm, 1 for a subclass that normalises the channels of NCHW tensors
+    (torchvision's LayerNorm2d).
+    """
+    kept = mask.bool()
+    x = x.movedim(dim, -1)
+    w = module.weight[kept] if module.weight is not None else None
+    b = module.bias[kept] if module.bias is not None else None
+    out = torch.zeros_like(x)
+    out[..., kept] = F.layer_norm(x[..., kept], (int(kept.sum()),), w, b, module.eps)
+    return out.movedim(-1, dim)
 
 
 def bn_state(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

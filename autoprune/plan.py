@@ -86,7 +86,7 @@ class Plan:
         modules = dict(named for named in model.named_modules())
         kept = graph.kept_channels(keep)
         for name, sides in kept.items():
-            if is_depthwise(modules[name]):
+            if name in modules and is_depthwise(modules[name]):  # else an unwrapped parameter
                 sides["in"] = sides["out"]
         flops, params = graph.flops(keep), graph.params(keep)
         constraints = constraints or Constraints()

@@ -11,6 +11,7 @@ from torch import nn
 
 from autoprune.errors import AutopruneError
 from autoprune.flops import BilinearCost
+from autoprune.graph.blocks import fold_channel_blocks
 from autoprune.graph.channel_graph import (
     ChannelGraph,
     ChannelGroup,
@@ -60,11 +61,12 @@ def build_channel_graph(
         raise AutopruneError("min_channels and round_to must be at least 1")
 
     trace = trace_groups(model, example_input)
+    attention = {n: m for n, m in names.items() if isinstance(m, nn.MultiheadAttention)}
     shapes = _io_shapes(model, example_input)
     total_flops, total_params, layer_flops, layer_params = tp.utils.count_ops_and_params(
         model, example_input, layer_wise=True
     )
-    layers = _layers(model, trace.order, shapes, layer_flops, layer_params)
+    layers = _layers(model, trace, shapes, layer_flops, layer_params)
     groups = _groups(trace, layers, ignore | _output_layers(trace, layers), min_channels)
 
     def assemble() -> ChannelGraph:
@@ -72,7 +74,9 @@ def build_channel_graph(
         for g in groups:
             g.offset = offset if g.prunable else -1
             offset += g.size if g.prunable else 0
-        flops_cost, params_cost = _costs(layers, groups, trace, shapes, float(total_flops), float(total_params))
+        flops_cost, params_cost = _costs(
+            layers, groups, trace, shapes, float(total_flops), float(total_params), attention
+        )
         digest, _ = fingerprint(model)
         return ChannelGraph(
             model_name=model_name,
@@ -83,7 +87,9 @@ def build_channel_graph(
             trace=trace,
             flops_cost=flops_cost,
             params_cost=params_cost,
-            channel_stats=_channel_stats(model, groups, calibration if calibration is not None else example_input),
+            channel_stats=_channel_stats(
+                model, layers, groups, calibration if calibration is not None else example_input
+            ),
             min_channels=min_channels,
             round_to=round_to,
         )
@@ -121,17 +127,32 @@ def _io_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[tuple[int, 
     return shapes
 
 
-def _layers(model, order, shapes, layer_flops, layer_params) -> dict[str, Layer]:
+def _layers(model, trace, shapes, layer_flops, layer_params) -> dict[str, Layer]:
     modules = dict(model.named_modules())
+    counts = _member_channels(trace)
     layers = {}
-    for depth, name in enumerate(order):
+    for depth, name in enumerate(trace.order):
         m = modules[name]
         cin, cout = module_channels(m)
         out_shape = shapes.get(name, ((), ()))[1]
-        if cout == 0 and len(out_shape) >= 2:
-            cin = cout = out_shape[1]
+        dim = 1
+        if isinstance(m, nn.Linear) or type(m) is nn.LayerNorm:
+            dim = -1
+        elif isinstance(m, nn.LayerNorm) and len(out_shape) >= 2:  # a subclass, e.g. LayerNorm2d on NCHW
+            dim = 1 if out_shape[1] == cout else -1
+        elif cout == 0 and len(out_shape) >= 2:
+            # No channels of its own (an activation, a permute): the channels torch-pruning couples through it,
+            # on whichever end of the output they sit (channels-last after a linear layer or a permute).
+            producer = trace.input_producer.get(name, -1)
+            before = layers.get(trace.node_names[producer]) if producer >= 0 else None
+            dim = before.channel_dim if before is not None and before.channel_dim in (1, -1) else 1
+            count = counts.get(name, out_shape[dim])
+            if out_shape[dim] != count:
+                dim = -dim
+            cin = cout = out_shape[dim]
         kernel = getattr(m, "kernel_size", 1)
         stride = getattr(m, "stride", 1)
+        spatial = out_shape[1:-1] if dim == -1 else out_shape[2:]
         layers[name] = Layer(
             name=name,
             kind=layer_kind(m),
@@ -140,13 +161,58 @@ def _layers(model, order, shapes, layer_flops, layer_params) -> dict[str, Layer]
             out_channels=cout,
             kernel=int(np.prod(kernel)) if isinstance(kernel, tuple) else int(kernel),
             stride=int(stride[0]) if isinstance(stride, tuple) else int(stride),
-            groups=int(getattr(m, "groups", 1)),
+            groups=_groups_of(m),
             bias=getattr(m, "bias", None) is not None,
             flops=float(layer_flops.get(m) or 0),
             params=float(layer_params.get(m) or 0),
-            out_hw=tuple(out_shape[2:4]) if len(out_shape) >= 4 else (1, 1),
+            out_hw=tuple(spatial[:2]) if len(spatial) >= 2 else (1, 1),
+            channel_dim=dim,
+        )
+    params = dict(model.named_parameters())
+    for name, dim in trace.parameters.items():
+        shape = params[name].shape
+        layers[name] = Layer(
+            name=name,
+            kind="other",
+            depth=len(layers),
+            in_channels=int(shape[dim]),
+            out_channels=int(shape[dim]),
+            params=float(params[name].numel()),
+            channel_dim=dim,
         )
     return layers
+
+
+def _groups_of(module: nn.Module) -> int:
+    """Convolution groups, or attention heads: the equal blocks a layer's channels come in."""
+    if isinstance(module, nn.MultiheadAttention):
+        return int(module.num_heads)
+    return int(module.groups) if isinstance(module, nn.modules.conv._ConvNd) else 1
+
+
+def _attention_coefficients(module: nn.MultiheadAttention, in_shape) -> tuple[float, float, float, float]:
+    """FLOPs `a·D² + b·D` and params `a·D² + b·D` of self-attention with embedding width D, as torch-pruning counts.
+
+    Torch-pruning's counter charges, per sample, `Lq·D` (scaling) + `(Lq + 2·Lk)·D²` (projections) + the in-projection
+    bias + `2·Lq·Lk·D + h·Lq·Lk` (scores, softmax, weighted sum) + `Lq·D·(D + 1)` (output projection); `h·Lq·Lk`
+    does not depend on D.
+    """
+    batch, length = (in_shape[0], in_shape[1]) if module.batch_first else (in_shape[1], in_shape[0])
+    bias = module.in_proj_bias is not None
+    fa = batch * 4 * length
+    fb = batch * (2 * length + (3 * length if bias else 0) + 2 * length * length)
+    pb = (3 if bias else 0) + (1 if module.out_proj.bias is not None else 0)
+    return float(fa), float(fb), 4.0, float(pb)
+
+
+def _member_channels(trace) -> dict[str, int]:
+    """Output channels of every module that groups touch, from the largest channel index they name."""
+    counts: dict[str, int] = {}
+    for traced in trace.groups:
+        for m in traced.members:
+            if m.module and m.side == OUT and len(m.channel_idx):
+                counts[m.module] = max(counts.get(m.module, 0), int(m.channel_idx.max()) + 1)
+    return counts
 
 
 def _output_layers(trace, layers) -> set[str]:
@@ -173,22 +239,23 @@ def _output_layers(trace, layers) -> set[str]:
 def _groups(trace, layers, ignore: set[str], min_channels: int) -> list[ChannelGroup]:
     groups = []
     for traced in trace.groups:
-        g = ChannelGroup(index=len(groups), root=traced.root, size=traced.size, members=traced.members)
+        size, members, unfit = fold_channel_blocks(traced, layers, trace.split_sizes, trace.node_names)
+        g = ChannelGroup(index=len(groups), root=traced.root, size=size, members=members)
         outs = [m.module for m in g.members if m.side == OUT and m.module]
         ignored = [n for n in outs if n in ignore]
-        grouped = [n for n in g.modules if n in layers and layers[n].kind == "gconv"]
         if ignored:
             g.prunable, g.reason = False, f"ignored layer {ignored[0]} (output layer or --ignore)"
-        elif grouped:
-            g.prunable, g.reason = False, f"grouped convolution {grouped[0]} (groups > 1, not depthwise)"
+        elif unfit:
+            g.prunable, g.reason = False, unfit
         elif g.size <= min_channels:
             g.prunable, g.reason = False, f"only {g.size} channel(s), min_channels={min_channels}"
         groups.append(g)
     return groups
 
 
-def _costs(layers, groups, trace, shapes, total_flops, total_params) -> tuple[BilinearCost, BilinearCost]:
-    """Per-module bilinear FLOPs and parameter models (see `autoprune.flops`)."""
+def _costs(layers, groups, trace, shapes, total_flops, total_params, attention) -> tuple[BilinearCost, BilinearCost]:
+    """Per-module bilinear FLOPs and parameter models (see `autoprune.flops`); `attention`: name -> the
+    MultiheadAttention modules (self-attention: input and output width are the one embedding width)."""
     by_node = members_by_node(groups)
     names = list(layers)
     slot = {n: i for i, n in enumerate(names)}
@@ -223,8 +290,12 @@ def _costs(layers, groups, trace, shapes, total_flops, total_params) -> tuple[Bi
             producer = trace.input_producer.get(name, -1)
             own_out = by_node.get(producer, [])
         add(OUT, s, own_out, layer.out_channels, out_const)
+        in_shape, out_shape = shapes.get(name, ((), ()))
+        if name in attention and len(in_shape) == 3:
+            add(IN, s, own_out, layer.in_channels, in_const)
+            fa[s], fb[s], pa[s], pb[s] = _attention_coefficients(attention[name], in_shape)
+            continue
         add(IN, s, in_members.get(name, []), layer.in_channels, in_const)
-        in_shape, out_shape = shapes[name]
         if layer.kind in ("conv", "gconv", "linear"):
             if layer.kind == "linear":
                 positions = int(np.prod(in_shape)) // max(1, layer.in_channels)
@@ -252,17 +323,22 @@ def _costs(layers, groups, trace, shapes, total_flops, total_params) -> tuple[Bi
     return cost(fa, fb, total_flops), cost(pa, pb, total_params)
 
 
-def _channel_stats(model: nn.Module, groups: list[ChannelGroup], calibration: torch.Tensor) -> np.ndarray:
+def _channel_stats(
+    model: nn.Module, layers: dict[str, Layer], groups: list[ChannelGroup], calibration: torch.Tensor
+) -> np.ndarray:
     """Per decision: weight L1, weight L2, BN |gamma|, mean |activation|, each divided by its group's mean."""
     modules = dict(model.named_modules())
     acts: dict[str, torch.Tensor] = {}
     wanted = {m.module for g in groups if g.prunable for m in g.members if m.side == OUT and m.module}
     hooks = []
     for name in wanted:
+        if name not in modules:  # an unwrapped parameter: no forward of its own
+            continue
 
         def record(mod, inputs, output, name=name):
             if isinstance(output, torch.Tensor) and output.dim() >= 2:
-                dims = [d for d in range(output.dim()) if d != 1]
+                axis = 1 if layers[name].channel_dim == 1 else output.dim() - 1
+                dims = [d for d in range(output.dim()) if d != axis]
                 acts[name] = output.abs().mean(dim=dims).float().cpu()
 
         hooks.append(modules[name].register_forward_hook(record))
@@ -281,7 +357,7 @@ def _channel_stats(model: nn.Module, groups: list[ChannelGroup], calibration: to
         for m in g.members:
             if m.side != OUT or not m.module:
                 continue
-            mod = modules[m.module]
+            mod = modules.get(m.module)
             per_channel = []
             weight = getattr(mod, "weight", None)
             if isinstance(mod, nn.modules.conv._ConvNd | nn.Linear) and weight is not None:

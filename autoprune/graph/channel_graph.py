@@ -33,11 +33,14 @@ class Layer:
         out_channels: output channels.
         kernel: kernel size (1 for non-convolutions).
         stride: stride (1 for non-convolutions).
-        groups: convolution groups (1 otherwise).
+        groups: convolution groups, or attention heads (1 otherwise): the equal blocks its channels come in.
         bias: whether the module adds a bias.
         flops: MACs of the unpruned module for one example input (torch-pruning's counter).
         params: parameters of the unpruned module.
         out_hw: output spatial size (h, w); (1, 1) for vectors.
+        channel_dim: the dimension of the output holding the channels: 1 (NCHW), -1 for channels-last tensors
+            (a linear layer or LayerNorm on (N, H, W, C) or (N, tokens, C)); for an unwrapped parameter (a layer
+            scale, a class token: `kind` "other", no forward of its own), the parameter's channel dimension.
     """
 
     name: str
@@ -52,6 +55,7 @@ class Layer:
     flops: float = 0.0
     params: float = 0.0
     out_hw: tuple[int, int] = (1, 1)
+    channel_dim: int = 1
 
 
 @dataclass
@@ -202,6 +206,24 @@ class ChannelGraph:
             return True
         return any(m.side == IN and not np.array_equal(m.channel_idx, m.root_idx) for m in group.members)
 
+    def prunable_share(self) -> float:
+        """Share of the unpruned FLOPs spent in modules some prunable decision narrows (input or output)."""
+        cost = self.flops_cost
+        i, o = cost.kept(self.full_mask())
+        per_module = cost.a * i * o + cost.b * o
+        touched = np.union1d(cost.in_slot, cost.out_slot)
+        return float(per_module[touched].sum() / self.base_flops) if self.base_flops else 0.0
+
+    def frozen_flops(self) -> dict[int, float]:
+        """For every frozen group, the share of the unpruned FLOPs in the layers it would narrow if prunable."""
+        if not self.base_flops:
+            return {}
+        return {
+            g.index: sum(self.layers[n].flops for n in g.modules if n in self.layers) / self.base_flops
+            for g in self.groups
+            if not g.prunable
+        }
+
     def summary(self) -> str:
         """A human-readable overview: groups, decisions, costs, and what cannot be pruned and why."""
         lines = [
@@ -210,10 +232,13 @@ class ChannelGraph:
             f"prunable channels (decisions) {self.num_decisions}",
             f"MACs {self.base_flops / 1e6:.2f} M  params {self.base_params / 1e6:.3f} M",
         ]
-        frozen = [g for g in self.groups if not g.prunable]
-        if frozen:
-            lines.append("not pruned:")
-            lines += [f"  {g.root or 'group ' + str(g.index)} ({g.size} ch): {g.reason}" for g in frozen]
+        lines.append(f"prunable share of MACs {self.prunable_share():.1%}")
+        blocked = sorted(self.frozen_flops().items(), key=lambda kv: -kv[1])
+        if blocked:
+            lines.append("not pruned (share of MACs in the layers each group would narrow):")
+            for index, share in blocked:
+                g = self.groups[index]
+                lines.append(f"  {g.root or 'group ' + str(g.index)} ({g.size} ch, {share:.1%} MACs): {g.reason}")
         return "\n".join(lines)
 
 
@@ -229,6 +254,8 @@ def layer_kind(module: nn.Module) -> str:
         return "gconv"
     if isinstance(module, nn.Linear):
         return "linear"
+    if isinstance(module, nn.MultiheadAttention):
+        return "other"
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return "bn"
     if isinstance(module, nn.LayerNorm | nn.GroupNorm | nn.modules.instancenorm._InstanceNorm):
@@ -268,6 +295,8 @@ def module_channels(module: nn.Module) -> tuple[int, int]:
     if isinstance(module, nn.LayerNorm):
         n = int(np.prod(module.normalized_shape))
         return n, n
+    if isinstance(module, nn.MultiheadAttention):
+        return module.embed_dim, module.embed_dim
     return 0, 0
 
 

@@ -61,6 +61,10 @@ class Trace:
     """For every leaf module, the torch-pruning node id that produced its first input (-1: the model input)."""
     order: list[str]
     """Modules in the order the forward pass first reached them."""
+    parameters: dict[str, int] = field(default_factory=dict)
+    """Unwrapped parameters in some group (name -> the dimension holding their channels)."""
+    split_sizes: dict[int, list[int]] = field(default_factory=dict)
+    """Node id -> part sizes of every `torch.split`/`torch.chunk` along channels."""
 
 
 def _is_prunable_fn(dg: tp.DependencyGraph, fn, side: str) -> bool:
@@ -69,7 +73,10 @@ def _is_prunable_fn(dg: tp.DependencyGraph, fn, side: str) -> bool:
 
 def trace_groups(model: nn.Module, example_input: torch.Tensor) -> Trace:
     """Build torch-pruning's dependency graph for `model` and return its channel groups as plain data."""
-    names = {m: n for n, m in model.named_modules()}
+    names: dict[object, str] = {m: n for n, m in model.named_modules()}
+    # Parameters used outside their module's own forward (a layer scale, a class token): torch-pruning prunes
+    # them as "unwrapped parameters", along their last non-singleton dimension.
+    names.update({p: n for n, p in model.named_parameters()})
     order: list[str] = []
     input_grad_fn: dict[str, object] = {}
 
@@ -80,7 +87,9 @@ def trace_groups(model: nn.Module, example_input: torch.Tensor) -> Trace:
             first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
             input_grad_fn[name] = first.grad_fn if first is not None else None
 
-    leaves = [m for m in model.modules() if not list(m.children()) or type(m) in CUSTOM_PRUNERS]
+    # Torch-pruning prunes a MultiheadAttention as one module (its out_proj has no forward of its own).
+    whole = (nn.MultiheadAttention, *CUSTOM_PRUNERS)
+    leaves = [m for m in model.modules() if not list(m.children()) or isinstance(m, whole)]
     hooks = [m.register_forward_pre_hook(record) for m in leaves]
     try:
         with torch.enable_grad():
@@ -112,7 +121,25 @@ def trace_groups(model: nn.Module, example_input: torch.Tensor) -> Trace:
     producer = {}
     for name, grad_fn in input_grad_fn.items():
         producer[name] = grad_fn_node.get(grad_fn, -1) if grad_fn is not None else -1
-    return Trace(groups=groups, node_names=node_names, flow_edges=sorted(flow), input_producer=producer, order=order)
+    parameters = {
+        names[node.module]: int(node.pruning_dim)
+        for node in dg.module2node.values()
+        if isinstance(node.module, nn.Parameter) and node.module in names and node.pruning_dim is not None
+    }
+    splits = {
+        node_ids[node]: list(node.module.split_sizes)
+        for node in dg.module2node.values()
+        if isinstance(node.module, tp.ops._SplitOp) and node.module.split_sizes
+    }
+    return Trace(
+        groups=groups,
+        node_names=node_names,
+        flow_edges=sorted(flow),
+        input_producer=producer,
+        order=order,
+        parameters=parameters,
+        split_sizes=splits,
+    )
 
 
 def _convert_group(dg, group, names, node_ids) -> TracedGroup:

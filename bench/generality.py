@@ -1,0 +1,234 @@
+"""Generality study: every torchvision classification model through the converter, a 50%-FLOPs mask and a plan.
+
+For each model (random init, batch 1): convert it (`build_channel_graph`, with validation), draw a random mask and
+project it onto 50% of the FLOPs, compare the masked network with the physically pruned one (max |difference|
+relative to the output scale), compare the FLOPs counted by the graph with torch-pruning's counter on the pruned
+model, and apply the plan through its JSON form to a fresh copy. Each model runs in its own process (a crash or a
+timeout costs one row), and each result is appended to a JSON-lines file at once, so an interrupted run resumes
+where it stopped.
+
+    OMP_NUM_THREADS=1 python bench/generality.py                       # all models, resumable
+    OMP_NUM_THREADS=1 python bench/generality.py --models resnet18,convnext_tiny
+    python bench/generality.py --table                                  # write bench/results/generality.md
+
+torchvision is optional for autoprune and needed only here. The CPU torch cannot load the compiled operators of
+the torchvision wheels on the package index (CUDA builds); the model definitions need none of them, so this
+script imports `torchvision.models` with the operator registrations stubbed out (see `import_torchvision_models`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+FIXED_SIZE = {"vit": 224, "maxvit": 224}
+"""Model families whose input size is fixed by the architecture."""
+SMALL_SIZE = 128
+"""Spatial size for every other model (they accept any size this large), to save CPU."""
+BUDGET = 0.5
+TOLERANCE = 1e-4
+
+
+def import_torchvision_models() -> types.ModuleType:
+    """`torchvision.models`, without torchvision's compiled operators (detection ops the classifiers never use).
+
+    `torchvision/__init__.py` registers fake and autograd kernels for operators of its `_C` extension; with a
+    torchvision wheel built for another torch (the CUDA wheels beside a CPU torch) that extension does not load
+    and the registration raises. Empty stand-ins for the two registration modules skip it.
+    """
+    for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    import torchvision.models
+
+    return torchvision.models
+
+
+def input_size(name: str) -> int:
+    family = name.split("_")[0]
+    return FIXED_SIZE.get(family, SMALL_SIZE)
+
+
+def run_one(name: str, seed: int = 0) -> dict:
+    """Convert, mask, prune and apply the plan of one torchvision model; the measured row."""
+    import copy
+
+    import numpy as np
+    import torch
+    import torch_pruning as tp
+
+    from autoprune.constraints import Constraints, project
+    from autoprune.errors import AutopruneError
+    from autoprune.graph import build_channel_graph
+    from autoprune.masking import ChannelMasker
+    from autoprune.plan import Plan
+    from autoprune.pruning import prune_model
+
+    models = import_torchvision_models()
+    torch.manual_seed(seed)
+    size = input_size(name)
+    row: dict = {"model": name, "size": size}
+    start = time.perf_counter()
+    model = models.get_model(name, weights=None).eval()
+    row["build_s"] = round(time.perf_counter() - start, 2)
+    example = torch.zeros(1, 3, size, size)
+    try:
+        start = time.perf_counter()
+        graph = build_channel_graph(model, example, model_name=f"torchvision:{name}")
+        row["convert_s"] = round(time.perf_counter() - start, 2)
+        row.update(
+            groups=len(graph.groups),
+            prunable_groups=len(graph.prunable_groups),
+            decisions=graph.num_decisions,
+            gflops=round(graph.base_flops / 1e9, 3),
+            prunable_share=round(graph.prunable_share(), 4),
+        )
+        frozen = sorted(graph.frozen_flops().items(), key=lambda kv: -kv[1])
+        row["frozen"] = [
+            f"{graph.groups[i].root or i}: {share:.1%} ({graph.groups[i].reason})" for i, share in frozen[:3]
+        ]
+        rng = np.random.default_rng(seed)
+        keep = project(graph, (rng.random(graph.num_decisions) < 0.7).astype(np.int8), Constraints(flops=BUDGET))
+        row["flops_ratio"] = round(graph.flops(keep) / graph.base_flops, 4)
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed + 1))
+        with torch.no_grad(), ChannelMasker(model, graph) as masker:
+            masker.set_mask(keep)
+            masked = model(x)
+        pruned = prune_model(model, graph, keep)
+        with torch.no_grad():
+            got = pruned(x)
+        row["rel_diff"] = float((got - masked).abs().max() / masked.abs().max().clamp(min=1e-12))
+        counted, _ = tp.utils.count_ops_and_params(pruned, example)
+        row["flops_rel_err"] = abs(graph.flops(keep) - counted) / counted
+        plan = Plan.from_dict(json.loads(json.dumps(Plan.from_mask(model, graph, keep).to_dict())))
+        with torch.no_grad():
+            applied = plan.apply(copy.deepcopy(model))(x)
+        row["plan_applies"] = bool((applied - got).abs().max() <= TOLERANCE * got.abs().max())
+        row["ok"] = passed(row)
+    except AutopruneError as exc:
+        row.update(ok=False, reason=str(exc))
+    row["total_s"] = round(time.perf_counter() - start, 2)
+    return row
+
+
+def passed(row: dict) -> bool:
+    """Masked = pruned, FLOPs counted right, within the budget, and the plan applies."""
+    return bool(
+        row.get("rel_diff", 1.0) <= TOLERANCE
+        and row.get("flops_rel_err", 1.0) <= 5e-3
+        and row.get("plan_applies")
+        and row.get("flops_ratio", 1.0) <= BUDGET + 1e-9
+    )
+
+
+def run_all(names: list[str], out: Path, timeout: int) -> None:
+    done = set()
+    if out.exists():
+        done = {json.loads(line)["model"] for line in out.read_text().splitlines() if line.strip()}
+    for name in names:
+        if name in done:
+            continue
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--one", name], capture_output=True, text=True, timeout=timeout
+            )
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            if proc.returncode == 0 and lines:
+                row = json.loads(lines[-1])
+            else:
+                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                row = {"model": name, "ok": False, "traceback": tail[:300]}
+        except subprocess.TimeoutExpired:
+            row = {"model": name, "ok": False, "reason": f"timed out after {timeout} s"}
+        row["wall_s"] = round(time.perf_counter() - start, 1)
+        with open(out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        status = "ok" if row.get("ok") else row.get("reason") or row.get("traceback") or "mismatch"
+        print(f"{name}: {status} ({row['wall_s']} s)", flush=True)
+
+
+def write_table(source: Path, target: Path) -> None:
+    import torch
+
+    rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    rows.sort(key=lambda r: r["model"])
+    for r in rows:
+        r["ok"] = passed(r)
+    count = sum(bool(r.get("ok")) for r in rows)
+    fast = sum(bool(r.get("ok")) and r.get("wall_s", 1e9) < 60 for r in rows)
+    version = rows[0].get("torchvision", "?") if rows else "?"
+    lines = [
+        "# Generality: torchvision classification models",
+        "",
+        f"torchvision {version}, torch {torch.__version__}, random init, batch 1, CPU with `OMP_NUM_THREADS=1` "
+        "(2 cores shared with other work). Input 3x128x128 except ViT and MaxViT (3x224x224, fixed by the "
+        "architecture). A random mask is projected onto 50% of the FLOPs; `diff` is max |masked - pruned| "
+        "relative to the largest output, `FLOPs err` the graph's count against torch-pruning's counter on the "
+        "pruned model, `plan` whether the plan, through JSON, applies to a fresh copy and gives the same outputs.",
+        "",
+        "Command: `OMP_NUM_THREADS=1 python bench/generality.py && python bench/generality.py --table`",
+        "",
+        f"**{count} of {len(rows)} pass** (convert, prune at 50% FLOPs, masked = pruned, plan applies); "
+        f"{fast} of them in under 60 s wall time.",
+        "",
+        "| model | ok | convert s | wall s | groups (prunable) | prunable FLOPs | diff | FLOPs err | plan | "
+        "largest frozen groups / reason |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "convert_s" not in r:
+            why = r.get("reason") or r.get("traceback", "")
+            lines.append(f"| {r['model']} | no | | {r.get('wall_s', '')} | | | | | | {why} |")
+            continue
+        diff = f"{r['rel_diff']:.1e}" if "rel_diff" in r else ""
+        err = f"{r['flops_rel_err']:.1e}" if "flops_rel_err" in r else ""
+        frozen = "; ".join(r.get("frozen", [])) or r.get("reason", "")
+        lines.append(
+            f"| {r['model']} | {'yes' if r.get('ok') else 'no'} | {r['convert_s']} | {r.get('wall_s', '')} | "
+            f"{r['groups']} ({r['prunable_groups']}) | {r['prunable_share']:.1%} | {diff} | {err} | "
+            f"{'yes' if r.get('plan_applies') else 'no'} | {frozen.replace('|', '/')} |"
+        )
+    target.write_text("\n".join(lines) + "\n")
+    print(f"wrote {target}: {count}/{len(rows)} pass")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=None, help="comma-separated names (default: all classification models)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "generality.jsonl")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per model")
+    parser.add_argument("--table", action="store_true", help="write the markdown table from --out and exit")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.one:
+        import warnings
+
+        import torch
+
+        warnings.filterwarnings("ignore")
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        row = run_one(args.one)
+        import torchvision
+
+        row["torchvision"] = torchvision.__version__
+        print(json.dumps(row))
+        return
+    if args.table:
+        write_table(args.out, RESULTS / "generality.md")
+        return
+    models = import_torchvision_models()
+    names = args.models.split(",") if args.models else models.list_models(module=models)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    run_all(names, args.out, args.timeout)
+
+
+if __name__ == "__main__":
+    main()
