@@ -1,0 +1,282 @@
+"""Least-squares reconstruction: re-fit the layers that lost input channels so they reproduce the unpruned outputs.
+
+After channels are removed, a layer that consumed them computes its output from fewer inputs. He et al. 2017
+("Channel Pruning for Accelerating Very Deep Neural Networks", https://arxiv.org/abs/1707.06168) and ThiNet
+(https://arxiv.org/abs/1707.06342) re-fit that layer's kept weights by least squares so that its output matches
+the unpruned network's on a few hundred images. `reconstruct` does this for every such convolution (plain,
+grouped, depthwise) and linear layer, in execution order, so each layer is fitted on inputs that come from the
+already reconstructed layers before it. It works on the physically pruned network and the plan's kept channels,
+so residual adds and concats need no special case: a layer's target is the unpruned layer's output restricted to
+the channels it keeps.
+
+The fit is ridge-regularised, ``W = (XᵀX + λ·mean(diag XᵀX)·I)⁻¹ XᵀY``, with the normal equations accumulated in
+float64 over calibration batches; a convolution contributes a random subset of its output positions per image.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class LayerFit:
+    """One layer's fit: relative squared output error on the calibration data, before and after.
+
+    Attributes:
+        name: the module's name.
+        rows: calibration rows (images × sampled positions) in the fit.
+        error_before: ``‖Y − X·W_sliced‖² / ‖Y‖²`` with the pruned layer's original weights.
+        error_after: the same with the fitted weights.
+    """
+
+    name: str
+    rows: int
+    error_before: float
+    error_after: float
+
+
+@dataclass
+class Reconstruction:
+    """What `reconstruct` did.
+
+    Attributes:
+        layers: the layers it re-fitted, in execution order.
+        skipped: layers that lost input channels but could not be re-fitted, with the reason.
+        images: calibration images forwarded (each truncated forward pass counts its images once).
+        seconds: wall time.
+    """
+
+    layers: list[LayerFit] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    images: int = 0
+    seconds: float = 0.0
+
+
+def layers_to_refit(original: nn.Module, pruned: nn.Module) -> tuple[list[str], dict[str, str]]:
+    """Conv2d and Linear layers of `pruned` with fewer input channels than in `original`, and unsupported ones.
+
+    A depthwise convolution's inputs are its own channels, so removing some removes whole filters: nothing to
+    re-fit. Returns the names to re-fit and `{name: reason}` for layers that lost inputs but cannot be re-fitted.
+    """
+    before = dict(original.named_modules())
+    names, skipped = [], {}
+    for name, module in pruned.named_modules():
+        old = before.get(name)
+        if type(old) is not type(module) or not isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            continue
+        if isinstance(module, nn.Linear):
+            if module.in_features < old.in_features:
+                names.append(name)
+            continue
+        if module.in_channels == old.in_channels or module.groups == module.in_channels:
+            continue
+        if not isinstance(module, nn.Conv2d):
+            skipped[name] = f"{type(module).__name__} is not supported"
+        elif module.padding_mode != "zeros" or (isinstance(module.padding, str) and module.padding != "valid"):
+            skipped[name] = f"padding {module.padding!r} ({module.padding_mode}) is not supported"
+        else:
+            names.append(name)
+    return names, skipped
+
+
+@torch.no_grad()
+def reconstruct(
+    original: nn.Module,
+    pruned: nn.Module,
+    kept: dict[str, dict[str, list[int]]],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    ridge: float = 1e-3,
+    positions: int = 64,
+    seed: int = 0,
+) -> Reconstruction:
+    """Re-fit, in place, the weights of every layer of `pruned` whose input channels were removed.
+
+    Two forward passes over the calibration images, as one batch: the unpruned network's records each layer's
+    target; in the pruned network's, a hook on each layer re-fits it on the inputs it receives, which already
+    come from the layers re-fitted before it.
+
+    Args:
+        original: the unpruned network (not modified).
+        pruned: the physically pruned network (the plan applied to a copy of `original`; same module names).
+        kept: the plan's kept channels, `{module: {"out": [...], "in": [...]}}`; a module without "out" keeps all.
+        batches: calibration batches (x, y) from the training split, on the models' device; labels are unused.
+        ridge: regulariser λ, relative to the mean diagonal of XᵀX.
+        positions: output positions sampled per image from each convolution (all when it has fewer).
+        seed: seeds the position sampling.
+
+    Returns:
+        The per-layer fits, skipped layers and cost. Both networks are left in eval mode.
+    """
+    start = time.perf_counter()
+    original.eval()
+    pruned.eval()
+    inputs = [x for x, _ in batches]
+    names, skipped = layers_to_refit(original, pruned)
+    report = Reconstruction(skipped=skipped)
+    if inputs and names:
+        x = torch.cat(inputs)
+        generator = torch.Generator().manual_seed(seed)
+        targets = _targets(original, names, kept, x, positions, generator)
+        for name in names:
+            if name not in targets:
+                report.skipped[name] = "it runs more than once per forward pass"
+        modules = dict(pruned.named_modules())
+
+        def refit(name: str):
+            def hook(module: nn.Module, args: tuple) -> None:
+                pick, target = targets.pop(name)
+                normal = _Normal(module)
+                normal.add(*_rows(module, args[0], target, pick))
+                report.layers.append(normal.solve(name, ridge))
+
+            return hook
+
+        handles = [modules[n].register_forward_pre_hook(refit(n)) for n in names if n in targets]
+        try:
+            pruned(x)
+        finally:
+            for h in handles:
+                h.remove()
+        report.images = 2 * len(x)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _targets(
+    original: nn.Module,
+    names: list[str],
+    kept: dict[str, dict[str, list[int]]],
+    x: torch.Tensor,
+    positions: int,
+    generator: torch.Generator,
+) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
+    """Per layer of `names` that runs once: its sampled output positions and the unpruned kept outputs there."""
+    modules = dict(original.named_modules())
+    found: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
+    repeated: set[str] = set()
+
+    def grab(name: str):
+        def hook(module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+            if name in found:
+                repeated.add(name)
+                return
+            index = kept.get(name, {}).get("out")
+            conv = isinstance(module, nn.Conv2d)
+            if index is not None:
+                out = out.index_select(1 if conv else -1, torch.as_tensor(index, device=out.device))
+            pick = None
+            if conv:
+                n, c = out.shape[:2]
+                out = out.reshape(n, c, -1)
+                if out.shape[-1] > positions:
+                    pick = torch.randint(out.shape[-1], (n, positions), generator=generator).to(out.device)
+                    out = out.gather(2, pick.unsqueeze(1).expand(n, c, positions))
+            found[name] = (pick, out)
+
+        return hook
+
+    handles = [modules[n].register_forward_hook(grab(n)) for n in names]
+    try:
+        original(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: v for n, v in found.items() if n not in repeated}
+
+
+def _rows(
+    module: nn.Module, source: torch.Tensor, target: torch.Tensor, pick: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares rows: inputs X (groups, rows, features) and targets Y (groups, rows, outputs per group)."""
+    if isinstance(module, nn.Linear):
+        return source.reshape(1, -1, source.shape[-1]), target.reshape(1, -1, target.shape[-1])
+    conv: nn.Conv2d = module
+    patches = _patches(source, conv, pick)  # (n, rows, features)
+    features = patches.shape[-1]
+    g = conv.groups
+    x = patches.reshape(-1, g, features // g).transpose(0, 1)
+    y = target.permute(0, 2, 1).reshape(-1, g, target.shape[1] // g).transpose(0, 1)
+    return x, y
+
+
+def _patches(source: torch.Tensor, conv: nn.Conv2d, pick: torch.Tensor | None) -> torch.Tensor:
+    """The input patches `conv` multiplies at output positions `pick` (n, positions), or at all of them (None).
+
+    Returns (n, positions, in_channels·kh·kw), features ordered as in the weight (channel, then kernel row, column).
+    Indexing only the sampled patches costs a fraction of unfolding the whole input.
+    """
+    padding = (0, 0) if isinstance(conv.padding, str) else conv.padding
+    if pick is None:
+        return F.unfold(source, conv.kernel_size, conv.dilation, padding, conv.stride).transpose(1, 2)
+    n, c, _, w = source.shape
+    (kh, kw), (dh, dw), (sh, sw), (ph, pw) = conv.kernel_size, conv.dilation, conv.stride, padding
+    width = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    padded = F.pad(source, (pw, pw, ph, ph))
+    rows = (pick // width * sh)[:, :, None, None] + (torch.arange(kh, device=pick.device) * dh)[:, None]
+    cols = (pick % width * sw)[:, :, None, None] + (torch.arange(kw, device=pick.device) * dw)[None, :]
+    image = torch.arange(n, device=pick.device)[:, None, None, None]
+    taken = padded.permute(0, 2, 3, 1)[image, rows, cols]  # (n, positions, kh, kw, c)
+    return taken.permute(0, 1, 4, 2, 3).reshape(n, pick.shape[1], c * kh * kw)
+
+
+class _Normal:
+    """Accumulates the normal equations of one layer's fit, per group, in float64."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.bias = getattr(module, "bias", None) is not None
+        self.xtx: torch.Tensor | None = None
+        self.xty: torch.Tensor | None = None
+        self.yty = 0.0
+        self.rows = 0
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.bias:
+            x = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
+        # float32 products (the slow part) summed in float64; the solve is in float64
+        xtx, xty = (x.transpose(1, 2) @ x).double(), (x.transpose(1, 2) @ y).double()
+        y = y.double()
+        self.xtx = xtx if self.xtx is None else self.xtx + xtx
+        self.xty = xty if self.xty is None else self.xty + xty
+        self.yty += float((y * y).sum())
+        self.rows += x.shape[1]
+
+    def weights(self) -> torch.Tensor:
+        """The layer's current parameters as (groups, features[+1], outputs per group)."""
+        m = self.module
+        g = getattr(m, "groups", 1)
+        w = m.weight.detach().double().reshape(m.weight.shape[0], -1)  # (out, in/g·k·k)
+        if self.bias:
+            w = torch.cat([w, m.bias.detach().double().unsqueeze(1)], dim=1)
+        return w.reshape(g, w.shape[0] // g, w.shape[1]).transpose(1, 2)
+
+    def error(self, w: torch.Tensor) -> float:
+        """``‖Y − X·W‖² / ‖Y‖²`` from the accumulated sums."""
+        residual = self.yty - 2 * float((w * self.xty).sum()) + float((w * (self.xtx @ w)).sum())
+        return max(residual, 0.0) / max(self.yty, 1e-30)
+
+    def solve(self, name: str, ridge: float) -> LayerFit:
+        """Solve the ridge problem and write the weights (and bias) into the module."""
+        assert self.xtx is not None and self.xty is not None
+        before = self.weights()
+        diag = self.xtx.diagonal(dim1=1, dim2=2)
+        lam = ridge * diag.mean(dim=1).clamp_min(1e-12)
+        eye = torch.eye(self.xtx.shape[-1], dtype=self.xtx.dtype, device=self.xtx.device)
+        w = torch.linalg.solve(self.xtx + lam[:, None, None] * eye, self.xty)
+        fit = LayerFit(name, self.rows, self.error(before), self.error(w))
+        if fit.error_after > fit.error_before:  # ridge on a layer already exact: keep what it had
+            fit.error_after = fit.error_before
+            return fit
+        m = self.module
+        flat = w.transpose(1, 2).reshape(-1, w.shape[1])  # (out, features[+1])
+        if self.bias:
+            m.bias.copy_(flat[:, -1].to(m.bias.dtype))
+            flat = flat[:, :-1]
+        m.weight.copy_(flat.reshape(m.weight.shape).to(m.weight.dtype))
+        return fit
