@@ -96,8 +96,10 @@ def trace_groups(model: nn.Module, example_input: torch.Tensor) -> Trace:
             dg = tp.DependencyGraph().build_dependency(
                 model, example_inputs=example_input, customized_pruners=dict(CUSTOM_PRUNERS)
             )
+            tp_groups = list(dg.get_all_groups(ignored_layers=[], root_module_types=(nn.Conv2d, nn.Conv1d, nn.Linear)))
     except Exception as exc:  # torch-pruning raises many types on untraceable models
-        raise AutopruneError(f"cannot trace the model with torch-pruning: {type(exc).__name__}: {exc}") from exc
+        summary = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise AutopruneError(f"cannot trace the model with torch-pruning: {type(exc).__name__}: {summary}") from exc
     finally:
         for h in hooks:
             h.remove()
@@ -113,7 +115,7 @@ def trace_groups(model: nn.Module, example_input: torch.Tensor) -> Trace:
             grad_fn_node[node.grad_fn] = node_ids[node]
 
     groups = []
-    for group in dg.get_all_groups(ignored_layers=[], root_module_types=(nn.Conv2d, nn.Conv1d, nn.Linear)):
+    for group in tp_groups:
         groups.append(_convert_group(dg, group, names, node_ids))
 
     flow = {(node_ids[n], node_ids[o]) for n in node_ids for o in n.outputs if o in node_ids}
