@@ -16,7 +16,8 @@ float64 over calibration batches; a convolution contributes a random subset of i
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -85,21 +86,92 @@ def layers_to_refit(original: nn.Module, pruned: nn.Module) -> tuple[list[str], 
     return names, skipped
 
 
+class Targets:
+    """What the unpruned network's layers output on the calibration images (convolutions at sampled positions).
+
+    Computed in one forward pass and reusable for every plan of the same network: a search that scores its
+    candidates with reconstruction pays for the unpruned pass once.
+
+    Args:
+        original: the unpruned network.
+        x: the calibration images, one batch.
+        names: the Conv2d / Linear layers to record (default: all of them).
+        positions: output positions sampled per image from each convolution (all when it has fewer).
+        seed: seeds the position sampling.
+
+    Attributes:
+        outputs: `{layer: (positions or None, output)}`, conv outputs as (images, channels, positions); layers
+            that run more than once per forward pass are left out.
+    """
+
+    def __init__(
+        self,
+        original: nn.Module,
+        x: torch.Tensor,
+        names: Sequence[str] | None = None,
+        positions: int = 64,
+        seed: int = 0,
+    ) -> None:
+        self.x = x
+        modules = dict(original.named_modules())
+        if names is None:
+            names = [n for n, m in modules.items() if isinstance(m, nn.Conv2d | nn.Linear)]
+        found: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
+        repeated: set[str] = set()
+
+        def grab(name: str):
+            def hook(module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+                if name in found:
+                    repeated.add(name)
+                    return
+                pick = None
+                if isinstance(module, nn.Conv2d):
+                    n, c = out.shape[:2]
+                    out = out.reshape(n, c, -1)
+                    if out.shape[-1] > positions:  # drawn per layer: the same whichever layers are recorded
+                        generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+                        pick = torch.randint(out.shape[-1], (n, positions), generator=generator).to(out.device)
+                        out = out.gather(2, pick.unsqueeze(1).expand(n, c, positions))
+                found[name] = (pick, out)
+
+            return hook
+
+        handles = [modules[n].register_forward_hook(grab(n)) for n in names]
+        original.eval()
+        try:
+            with torch.no_grad():
+                original(x)
+        finally:
+            for h in handles:
+                h.remove()
+        self.outputs = {n: v for n, v in found.items() if n not in repeated}
+        self.convs = {n for n in self.outputs if isinstance(modules[n], nn.Conv2d)}
+
+    def kept(self, name: str, index: list[int] | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Layer `name`'s sampled positions and its outputs restricted to the kept output channels `index`."""
+        pick, out = self.outputs[name]
+        if index is not None:
+            dim = 1 if name in self.convs else -1
+            out = out.index_select(dim, torch.as_tensor(index, device=out.device))
+        return pick, out
+
+
 @torch.no_grad()
 def reconstruct(
     original: nn.Module,
     pruned: nn.Module,
     kept: dict[str, dict[str, list[int]]],
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = (),
     ridge: float = 1e-3,
     positions: int = 64,
     seed: int = 0,
+    targets: Targets | None = None,
 ) -> Reconstruction:
     """Re-fit, in place, the weights of every layer of `pruned` whose input channels were removed.
 
     Two forward passes over the calibration images, as one batch: the unpruned network's records each layer's
-    target; in the pruned network's, a hook on each layer re-fits it on the inputs it receives, which already
-    come from the layers re-fitted before it.
+    target (`Targets`); in the pruned network's, a hook on each layer re-fits it on the inputs it receives, which
+    already come from the layers re-fitted before it.
 
     Args:
         original: the unpruned network (not modified).
@@ -109,6 +181,7 @@ def reconstruct(
         ridge: regulariser λ, relative to the mean diagonal of XᵀX.
         positions: output positions sampled per image from each convolution (all when it has fewer).
         seed: seeds the position sampling.
+        targets: the unpruned outputs, computed before (then `batches`, `positions` and `seed` are unused).
 
     Returns:
         The per-layer fits, skipped layers and cost. Both networks are left in eval mode.
@@ -116,78 +189,37 @@ def reconstruct(
     start = time.perf_counter()
     original.eval()
     pruned.eval()
-    inputs = [x for x, _ in batches]
     names, skipped = layers_to_refit(original, pruned)
     report = Reconstruction(skipped=skipped)
-    if inputs and names:
-        x = torch.cat(inputs)
-        generator = torch.Generator().manual_seed(seed)
-        targets = _targets(original, names, kept, x, positions, generator)
+    if targets is None:
+        inputs = [x for x, _ in batches]
+        if inputs and names:
+            targets = Targets(original, torch.cat(inputs), names, positions, seed)
+            report.images += len(targets.x)
+    if targets is not None and names:
         for name in names:
-            if name not in targets:
+            if name not in targets.outputs:
                 report.skipped[name] = "it runs more than once per forward pass"
         modules = dict(pruned.named_modules())
 
         def refit(name: str):
             def hook(module: nn.Module, args: tuple) -> None:
-                pick, target = targets.pop(name)
+                pick, target = targets.kept(name, kept.get(name, {}).get("out"))
                 normal = _Normal(module)
                 normal.add(*_rows(module, args[0], target, pick))
                 report.layers.append(normal.solve(name, ridge))
 
             return hook
 
-        handles = [modules[n].register_forward_pre_hook(refit(n)) for n in names if n in targets]
+        handles = [modules[n].register_forward_pre_hook(refit(n)) for n in names if n in targets.outputs]
         try:
-            pruned(x)
+            pruned(targets.x)
         finally:
             for h in handles:
                 h.remove()
-        report.images = 2 * len(x)
+        report.images += len(targets.x)
     report.seconds = time.perf_counter() - start
     return report
-
-
-def _targets(
-    original: nn.Module,
-    names: list[str],
-    kept: dict[str, dict[str, list[int]]],
-    x: torch.Tensor,
-    positions: int,
-    generator: torch.Generator,
-) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
-    """Per layer of `names` that runs once: its sampled output positions and the unpruned kept outputs there."""
-    modules = dict(original.named_modules())
-    found: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
-    repeated: set[str] = set()
-
-    def grab(name: str):
-        def hook(module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
-            if name in found:
-                repeated.add(name)
-                return
-            index = kept.get(name, {}).get("out")
-            conv = isinstance(module, nn.Conv2d)
-            if index is not None:
-                out = out.index_select(1 if conv else -1, torch.as_tensor(index, device=out.device))
-            pick = None
-            if conv:
-                n, c = out.shape[:2]
-                out = out.reshape(n, c, -1)
-                if out.shape[-1] > positions:
-                    pick = torch.randint(out.shape[-1], (n, positions), generator=generator).to(out.device)
-                    out = out.gather(2, pick.unsqueeze(1).expand(n, c, positions))
-            found[name] = (pick, out)
-
-        return hook
-
-    handles = [modules[n].register_forward_hook(grab(n)) for n in names]
-    try:
-        original(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return {n: v for n, v in found.items() if n not in repeated}
 
 
 def _rows(

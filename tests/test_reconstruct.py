@@ -13,7 +13,7 @@ from autoprune.graph import build_channel_graph
 from autoprune.masking import ChannelMasker
 from autoprune.models import build_model
 from autoprune.pruning import apply_kept_channels
-from autoprune.reconstruct import layers_to_refit, reconstruct
+from autoprune.reconstruct import Targets, layers_to_refit, reconstruct
 
 
 class Redundant(nn.Module):
@@ -131,3 +131,20 @@ def test_layers_without_removed_inputs_and_depthwise_convs_are_left_alone() -> N
     small = apply_kept_channels(copy.deepcopy(padded), {"0": {"out": [0, 1]}, "1": {"in": [0, 1]}})
     names, skipped = layers_to_refit(padded, small)
     assert names == [] and "reflect" in skipped["1"]
+
+
+def test_targets_computed_once_serve_every_plan(resnet20) -> None:
+    """A search computes the unpruned outputs once for all layers; each plan's re-fit equals a fresh one."""
+    model, graph = resnet20
+    x = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    shared = Targets(model, x, positions=16, seed=3)
+    rng = np.random.default_rng(6)
+    for _ in range(2):
+        kept = graph.kept_channels(graph.legalize((rng.random(graph.num_decisions) < 0.6).astype(np.int8)))
+        fresh = apply_kept_channels(copy.deepcopy(model), kept)
+        cached = copy.deepcopy(fresh)
+        reconstruct(model, fresh, kept, [(x, None)], positions=16, seed=3)
+        report = reconstruct(model, cached, kept, targets=shared)
+        assert report.images == len(x)  # only the pruned pass: the unpruned one was paid once
+        for a, b in zip(fresh.parameters(), cached.parameters(), strict=True):
+            torch.testing.assert_close(a, b)
