@@ -32,6 +32,7 @@ from torch import nn
 from autoprune.graph.channel_graph import ChannelGraph
 from autoprune.masking import recalibrate_bn
 from autoprune.pruning import apply_kept_channels
+from autoprune.reconstruct import Targets, reconstruct
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
@@ -81,6 +82,8 @@ class SlicedScorer:
             first racing stage. None: no recalibration, and the first `race_samples` validation images race.
         race_samples: without recalibration, the validation images of the first stage.
         z: paired standard errors below the incumbent at which a candidate stops early (inf: no racing).
+        reconstruction: before recalibration, re-fit the layers that lost input channels by least squares
+            (`autoprune.reconstruct`) on the recalibration images; the unpruned outputs are computed once.
 
     Attributes:
         images_forwarded: images forwarded over all calls (recalibration and validation).
@@ -95,6 +98,7 @@ class SlicedScorer:
         recalibration: Batches | None = None,
         race_samples: int = 256,
         z: float = 2.0,
+        reconstruction: bool = False,
     ) -> None:
         self.model = model.eval()
         self.graph = graph
@@ -104,6 +108,8 @@ class SlicedScorer:
         self.recalibration = list(recalibration or [])
         self.race_samples = min(max(race_samples, 0), self.num_samples)
         self.z = z
+        self.reconstruction = reconstruction
+        self._targets: Targets | None = None
         self.images_forwarded = 0
         self.evaluations = 0
         self.full_evaluations = 0
@@ -117,7 +123,13 @@ class SlicedScorer:
 
     def prepare(self, keep: np.ndarray) -> tuple[nn.Module, torch.Tensor]:
         """The pruned, BN-recalibrated copy a candidate is scored with, and its first-stage correctness."""
-        net = apply_kept_channels(copy.deepcopy(self.model), self.graph.kept_channels(self.graph.check_mask(keep)))
+        kept = self.graph.kept_channels(self.graph.check_mask(keep))
+        net = apply_kept_channels(copy.deepcopy(self.model), kept)
+        if self.reconstruction and self.recalibration:
+            if self._targets is None:
+                self._targets = Targets(self.model, torch.cat([x for x, _ in self.recalibration]))
+                self.images_forwarded += len(self._targets.x)
+            self.images_forwarded += reconstruct(self.model, net, kept, targets=self._targets).images
         if self.recalibration:
             head = recalibrate_bn(net, self.recalibration)
             self.images_forwarded += len(head)

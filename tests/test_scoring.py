@@ -86,3 +86,26 @@ def test_racing_stops_clearly_worse_candidates_and_keeps_full_scores_for_the_bes
 
 def scorer_batches(scorer: SlicedScorer):
     return [(scorer.x[i : i + 100], scorer.y[i : i + 100]) for i in range(0, scorer.num_samples, 100)]
+
+
+def test_scoring_with_reconstruction_scores_the_refitted_network() -> None:
+    from autoprune.masking import recalibrate_bn
+    from autoprune.pruning import prune_model
+    from autoprune.reconstruct import reconstruct
+    from autoprune.training import evaluate
+
+    model, graph = resnet20_problem()
+    val = labelled_batches(model, 64, 32, seed=1)
+    recal = labelled_batches(model, 64, 32, seed=2)
+    scorer = SlicedScorer(model, graph, val, recal, z=math.inf, reconstruction=True)
+    rng = np.random.default_rng(1)
+    masks = [graph.legalize((rng.random(graph.num_decisions) < 0.5).astype(np.int8)) for _ in range(2)]
+    for i, keep in enumerate(masks):
+        expected = prune_model(model, graph, keep)
+        reconstruct(model, expected, graph.kept_channels(keep), recal)
+        recalibrate_bn(expected, recal)
+        assert scorer(keep) == evaluate(expected, val)
+        # the unpruned pass once, then per candidate its own pass, recalibration and validation
+        assert scorer.images_forwarded == 64 + (i + 1) * (64 + 64 + 64)
+    plain = SlicedScorer(model, graph, val, recal, z=math.inf)
+    assert [plain(k) for k in masks] != [scorer.score(k).score for k in masks]
