@@ -274,6 +274,28 @@ def search_options(func):
         ),
         click.option("--target-params", type=float, default=None, help="keep at most this fraction of params"),
         click.option(
+            "--target-latency",
+            type=float,
+            default=None,
+            help="keep at most this fraction of the unpruned model's latency, measured on --device (replaces the "
+            "default FLOPs budget)",
+        ),
+        click.option(
+            "--latency-batch", type=int, default=d.latency_batch, show_default=True, help="batch the latency is for"
+        ),
+        click.option(
+            "--targets",
+            default=None,
+            help="several budgets at once, e.g. 0.3,0.5,0.7: a plan per target and the accuracy/cost front",
+        ),
+        click.option(
+            "--target-resource",
+            type=click.Choice(["flops", "params", "latency"]),
+            default=d.target_resource,
+            show_default=True,
+            help="what --targets budgets",
+        ),
+        click.option(
             "--evaluations", type=int, default=d.evaluations, show_default=True, help="candidate evaluations to spend"
         ),
         click.option("--seed", type=int, default=d.seed, show_default=True),
@@ -345,11 +367,29 @@ def _search_config(method: str, opts: dict):
     )  # fmt: skip
     out = opts["out"] or f"runs/{method}-{time.strftime('%Y%m%d-%H%M%S')}"
     extra = {k: opts[k] for k in ("steps_per_episode", "rollout", "learning_rate", "tau") if k in opts}
+    ctx = click.get_current_context()
+    flops_given = ctx.get_parameter_source("target_flops") == ParameterSource.COMMANDLINE
+    target_flops = opts["target_flops"] if flops_given or opts["target_latency"] is None else None
+    targets = _ratios(opts["targets"]) if opts["targets"] else ()
+    if targets:
+        if flops_given or opts["target_params"] is not None or opts["target_latency"] is not None:
+            raise AutopruneError("give --targets (with --target-resource) or --target-flops/-params/-latency, not both")
+        target_flops = None
     return SearchConfig(
-        problem=problem, target_flops=opts["target_flops"], target_params=opts["target_params"], method=method,
+        problem=problem, target_flops=target_flops, target_params=opts["target_params"],
+        target_latency=opts["target_latency"], latency_batch=opts["latency_batch"], targets=targets,
+        target_resource=opts["target_resource"], method=method,
         evaluations=opts["evaluations"], seed=opts["seed"], finetune_epochs=opts["finetune_epochs"],
         workers=opts["workers"], address=opts["address"], gpus_per_worker=opts["gpus_per_worker"], out=out, **extra,
     )  # fmt: skip
+
+
+def _ratios(text: str) -> tuple[float, ...]:
+    """`0.3,0.5,0.7` as ratios; AutopruneError for anything else."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise AutopruneError(f"--targets must be comma-separated ratios such as 0.3,0.5,0.7, got {text!r}") from None
 
 
 def _accuracies(metrics: dict) -> str:
@@ -362,6 +402,18 @@ def _accuracies(metrics: dict) -> str:
 
 
 def _report(metrics: dict, out: str) -> None:
+    if "target_resource" in metrics:  # a multi-target run
+        resource = metrics["target_resource"]
+        for key in metrics:
+            if key.startswith(f"{resource}_") and key.endswith("_ratio"):
+                target = key[len(resource) + 1 : -len("_ratio")]
+                test = metrics.get(f"{resource}_{target}_test_acc")
+                click.echo(
+                    f"{resource} ≤ {target}: plan at {metrics[key]:.1%}, test accuracy "
+                    + ("–" if test is None else f"{test:.2%}")
+                )
+        click.echo(f"results in {out} (summary.md, front.png, front.json, a folder per target)")
+        return
     click.echo(_accuracies(metrics))
     click.echo(f"results in {out} (plan.json, pruned.pt, summary.md, metrics.csv, tb/; autoprune report {out})")
 

@@ -9,12 +9,19 @@ other direction: a mask under budget gets its most valuable dropped channels bac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from autoprune.errors import AutopruneError
 from autoprune.graph.channel_graph import ChannelGraph
+
+if TYPE_CHECKING:
+    from autoprune.latency import LatencyTable
+
+RESOURCES = ("flops", "params", "latency")
+"""The budgets a search can be given, by the name of their ratio."""
 
 
 @dataclass(frozen=True)
@@ -24,28 +31,45 @@ class Constraints:
     Attributes:
         flops: keep at most this fraction of the original MACs (e.g. 0.5).
         params: keep at most this fraction of the original parameters.
+        latency: keep at most this fraction of the unpruned model's latency measured on the search's device,
+            as the latency table estimates it (`autoprune.latency`); needs `latency_table`.
+        latency_table: the measured per-layer latency table; with it, `ratios` also reports `latency`.
     """
 
     flops: float | None = None
     params: float | None = None
+    latency: float | None = None
+    latency_table: LatencyTable | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name, value in (("flops", self.flops), ("params", self.params)):
-            if value is not None and not 0 < value <= 1:
+        for name, value in self.budgets().items():
+            if not 0 < value <= 1:
                 raise AutopruneError(f"target {name} ratio must be in (0, 1], got {value}")
+        if self.latency is not None and self.latency_table is None:
+            raise AutopruneError("a latency budget needs a latency table measured on the search's device")
+
+    def budgets(self) -> dict[str, float]:
+        """The budgets that are set, by resource name."""
+        return {
+            k: v
+            for k, v in (("flops", self.flops), ("params", self.params), ("latency", self.latency))
+            if v is not None
+        }
 
     def ratios(self, graph: ChannelGraph, keep: np.ndarray) -> dict[str, float]:
-        """Achieved FLOPs and parameter ratios of `keep`."""
-        return {
+        """Achieved FLOPs and parameter ratios of `keep`, and its estimated latency ratio where a table is set."""
+        ratios = {
             "flops": graph.flops(keep) / graph.base_flops,
             "params": graph.params(keep) / graph.base_params,
         }
+        if self.latency_table is not None:
+            ratios["latency"] = self.latency_table.ratio(graph, keep)
+        return ratios
 
     def violation(self, graph: ChannelGraph, keep: np.ndarray) -> float:
         """Largest relative excess over any budget (0 when feasible)."""
         ratios = self.ratios(graph, keep)
-        excess = [ratios[k] - t for k, t in (("flops", self.flops), ("params", self.params)) if t is not None]
-        return max([0.0, *excess])
+        return max([0.0, *(ratios[k] - t for k, t in self.budgets().items())])
 
     def feasible(self, graph: ChannelGraph, keep: np.ndarray) -> bool:
         return self.violation(graph, keep) <= 1e-9
@@ -61,9 +85,10 @@ def check_feasible(graph: ChannelGraph, constraints: Constraints) -> None:
     floor = smallest_mask(graph)
     if not constraints.feasible(graph, floor):
         ratios = constraints.ratios(graph, floor)
+        latency = f", {ratios['latency']:.1%} of latency (estimated)" if "latency" in ratios else ""
         raise AutopruneError(
-            f"infeasible target: the smallest network reachable keeps {ratios['flops']:.1%} of FLOPs and "
-            f"{ratios['params']:.1%} of parameters (min_channels={graph.min_channels}; unprunable layers "
+            f"infeasible target: the smallest network reachable keeps {ratios['flops']:.1%} of FLOPs, "
+            f"{ratios['params']:.1%} of parameters{latency} (min_channels={graph.min_channels}; unprunable layers "
             "count fully); raise the target or lower --min-channels"
         )
 
@@ -219,4 +244,6 @@ def _value_per_cost(
         cost += graph.flops_cost.marginal(keep) / graph.base_flops
     if constraints.params is not None:
         cost += graph.params_cost.marginal(keep) / graph.base_params
+    if constraints.latency is not None and constraints.latency_table is not None:
+        cost += constraints.latency_table.marginal(graph, keep)
     return priority / np.maximum(cost, 1e-12)

@@ -19,8 +19,8 @@ def check_types(config: Any) -> None:
 def _matches(value: Any, hint: Any) -> bool:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return any(_matches(value, h) for h in typing.get_args(hint))
-    if typing.get_origin(hint) is tuple:
-        return isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    if typing.get_origin(hint) is tuple:  # tuple[T, ...]
+        return isinstance(value, tuple) and all(_matches(v, typing.get_args(hint)[0]) for v in value)
     if hint is float:
         return type(value) in (int, float)
     if hint in (int, bool, type(None)):

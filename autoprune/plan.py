@@ -55,8 +55,9 @@ class Plan:
         structure: `[name, type, [param shapes]]` for every module with parameters.
         input_shape: shape of one input without the batch dimension.
         modules: `{module: {"out": kept output channels, "in": kept input channels}}` for changed modules.
-        constraint: the budgets the search was given (`flops`, `params` ratios or None).
-        achieved: FLOPs (MACs) and params, absolute and as ratios of the unpruned model.
+        constraint: the budgets the search was given (`flops`, `params` ratios or None; `latency` where set).
+        achieved: FLOPs (MACs) and params, absolute and as ratios of the unpruned model; with a latency table,
+            the estimated latency (`latency_ms`, `latency_ratio`, `base_latency_ms` measured, `latency_batch`).
         metrics: accuracies and other numbers the search measured.
         mask: the keep decisions the plan came from (optional).
     """
@@ -90,13 +91,25 @@ class Plan:
                 sides["in"] = sides["out"]
         flops, params = graph.flops(keep), graph.params(keep)
         constraints = constraints or Constraints()
+        constraint: dict[str, float | None] = {"flops": constraints.flops, "params": constraints.params}
+        latency: dict[str, float] = {}
+        if constraints.latency is not None:
+            constraint["latency"] = constraints.latency
+        table = constraints.latency_table
+        if table is not None:  # estimated on the device the search ran on
+            latency = {
+                "latency_ms": table.seconds(graph, keep) * 1e3,
+                "latency_ratio": table.ratio(graph, keep),
+                "base_latency_ms": table.base_seconds * 1e3,
+                "latency_batch": table.key["batch"],
+            }
         return cls(
             model_name=graph.model_name,
             fingerprint=digest,
             structure=structure,
             input_shape=tuple(int(s) for s in graph.input_shape),
             modules=kept,
-            constraint={"flops": constraints.flops, "params": constraints.params},
+            constraint=constraint,
             achieved={
                 "flops": flops,
                 "params": params,
@@ -104,6 +117,7 @@ class Plan:
                 "params_ratio": params / graph.base_params,
                 "base_flops": graph.base_flops,
                 "base_params": graph.base_params,
+                **latency,
             },
             metrics=dict(metrics or {}),
             mask=keep.tolist(),

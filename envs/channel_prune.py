@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
@@ -68,8 +68,14 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         priority: per-decision priority for the projection (higher survives; default weight L1).
         sensitivity: measured accuracy drop per prunable group at half width (a node feature; see
             `autoprune.graph.features.GraphFeatures`).
+        targets: several budgets searched at once (`autoprune search --targets`): each episode takes the next
+            one in turn (`constraints` is ignored), its ratio is the observation's target feature, and the reward
+            competes against the best score reached at that target. `score_fn` may then be a sequence of score
+            functions, one per target (each racing against its own best).
 
     Version History:
+        v1 (unchanged for one budget): `targets` cycles the budget over episodes; info has `latency_ratio` where
+            a latency table is set, `target` and `full` (whether the score was measured on every image).
         v1: proposals are scaled onto the budget group by group (`rescale`, also up) instead of losing their
             cheapest channels anywhere (`project`); no Lagrangian penalty by default; node features gain
             producers, merged, rank and sensitivity.
@@ -89,6 +95,7 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         lagrange_lr: float = 0.0,
         priority: np.ndarray | None = None,
         sensitivity: np.ndarray | None = None,
+        targets: Sequence[Constraints] | None = None,
     ) -> None:
         if steps_per_episode < 1:
             raise ValueError(f"steps_per_episode must be at least 1, got {steps_per_episode}")
@@ -98,10 +105,16 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             raise ValueError("tau must be positive and lagrange_lr non-negative")
         if graph.num_decisions == 0:
             raise ValueError("the graph has no prunable channels")
-        check_feasible(graph, constraints)
+        self.targets = list(targets) if targets else [constraints]
+        for target in self.targets:
+            check_feasible(graph, target)
+        score_fns = list(score_fn) if isinstance(score_fn, Sequence) else [score_fn] * len(self.targets)
+        if len(score_fns) != len(self.targets):
+            raise ValueError(f"{len(score_fns)} score functions for {len(self.targets)} targets")
         self.graph = graph
         self.score_fn = score_fn
-        self.constraints = constraints
+        self.score_fns = score_fns
+        self.constraints = self.targets[0]
         self.steps_per_episode = steps_per_episode
         self.reward_name = reward
         self._competition = REWARDS[reward]
@@ -109,7 +122,9 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.lagrange_lr = lagrange_lr
         self.priority = priority
         self.features = GraphFeatures(graph, sensitivity)
-        self.target = constraints.flops if constraints.flops is not None else 1.0
+        self._target_index = 0
+        self._episodes = 0
+        self.target = self._target_ratio()
 
         n, d = self.features.num_nodes, graph.num_decisions
         static = self.features.static
@@ -137,6 +152,12 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         super().reset(seed=seed)
         if seed is not None:
             self._restore(self._initial)
+            self._episodes = 0
+        self._target_index = self._episodes % len(self.targets)
+        self._episodes += 1
+        self.constraints = self.targets[self._target_index]
+        self.target = self._target_ratio()
+        self._best_score = self._bests[self._target_index]
         self._keep = self.graph.full_mask()
         self._steps = 0
         return self._observation(), {"evaluations": self._evaluations}
@@ -152,7 +173,7 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         proposal_ratios = self.constraints.ratios(self.graph, proposal)
         violation = self.constraints.violation(self.graph, proposal)
         keep = rescale(self.graph, proposal, self.constraints, self.priority)
-        result = self.score_fn(keep)
+        result = self.score_fns[self._target_index](keep)
         score = float(getattr(result, "score", result))
 
         tau = adaptive_tau(self._recent, self.tau)
@@ -162,6 +183,7 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._evaluations += 1
         if self._best_score is None or score > self._best_score:
             self._best_score = score
+            self._bests[self._target_index] = score
         if self._best_keep_score is None or score > self._best_keep_score:
             self._best_keep, self._best_keep_score = keep.copy(), score
 
@@ -179,7 +201,11 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "evaluations": self._evaluations,
             "proposal_flops_ratio": proposal_ratios["flops"],
             "images": getattr(result, "images", None),
+            "full": bool(getattr(result, "full", True)),
+            "target": self.target,
         }
+        if "latency" in ratios:
+            info["latency_ratio"] = ratios["latency"]
         return self._observation(), float(reward), self._steps >= self.steps_per_episode, False, info
 
     # -- search state --------------------------------------------------------------------------------------
@@ -205,6 +231,7 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         """Raise the best score to `score` (a global best from parallel searches); a lower score is ignored."""
         if self._best_score is None or score > self._best_score:
             self._best_score = float(score)
+            self._bests[self._target_index] = self._best_score
 
     def get_state(self) -> dict[str, Any]:
         """The search state as JSON-ready values: `best_score`, `best_keep`, `best_keep_score`, `lagrange`,
@@ -216,6 +243,7 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "lagrange": self._lagrange,
             "evaluations": self._evaluations,
             "recent_scores": list(self._recent),
+            **({"target_bests": list(self._bests)} if len(self.targets) > 1 else {}),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -229,6 +257,11 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "evaluations": int(state.get("evaluations", 0)),
             "recent_scores": [float(v) for v in state.get("recent_scores", [])],
         }
+        bests = state.get("target_bests")
+        if bests is not None and len(bests) != len(self.targets):
+            raise ValueError(f"the state has bests for {len(bests)} targets, the env {len(self.targets)}")
+        if bests:
+            self._initial["target_bests"] = [None if b is None else float(b) for b in bests]
         self._restore(self._initial)
 
     # -- helpers -------------------------------------------------------------------------------------------
@@ -250,11 +283,20 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._lagrange = state["lagrange"]
         self._evaluations = state["evaluations"]
         self._recent = list(state["recent_scores"])
+        bests = state.get("target_bests")
+        self._bests = list(bests) if bests else [self._best_score] * len(self.targets)
+        self._best_score = self._bests[self._target_index]
+
+    def _target_ratio(self) -> float:
+        """The ratio of the current budget shown to the policy: FLOPs, else latency, else (with several targets)
+        parameters, else 1."""
+        budgets = self.constraints.budgets()
+        order = ("flops", "latency", "params") if len(self.targets) > 1 else ("flops", "latency")
+        return next((budgets[k] for k in order if k in budgets), 1.0)
 
     def _excess(self, ratios: dict[str, float]) -> float:
         """Largest signed relative excess over a budget (negative when every budget has room; 0 if none)."""
-        budgets = (("flops", self.constraints.flops), ("params", self.constraints.params))
-        return max((ratios[k] - t for k, t in budgets if t is not None), default=0.0)
+        return max((ratios[k] - t for k, t in self.constraints.budgets().items()), default=0.0)
 
     def _observation(self) -> dict[str, np.ndarray]:
         return {

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.atomic import atomic_write_text
-from autoprune.constraints import Constraints
+from autoprune.constraints import RESOURCES
 from autoprune.data._messages import one_line
 from autoprune.errors import AutopruneError
 from autoprune.fields import check_types
@@ -41,6 +41,16 @@ class SearchConfig:
     """Keep at most this fraction of the original FLOPs (MACs); None for no FLOPs budget."""
     target_params: float | None = None
     """Keep at most this fraction of the original parameters; None for no parameter budget."""
+    target_latency: float | None = None
+    """Keep at most this fraction of the unpruned model's latency, measured on the search's device with a per-layer
+    latency table (`autoprune.latency`); None for no latency budget."""
+    latency_batch: int = 1
+    """Inputs per forward pass the latency budget is for."""
+    targets: tuple[float, ...] = ()
+    """Several budgets of one resource (`target_resource`) searched at once: one plan per target and the front
+    of everything scored. Empty: the single budget of `target_flops`/`target_params`/`target_latency`."""
+    target_resource: str = "flops"
+    """The resource `targets` budgets: flops, params or latency."""
     method: str = "rl"
     """`rl` (GAT policy + PPO, self-competition reward) or a baseline name."""
     evaluations: int = 300
@@ -72,9 +82,23 @@ class SearchConfig:
         self.problem.validate()
         if self.method not in METHODS:
             raise AutopruneError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
-        if self.target_flops is None and self.target_params is None:
-            raise AutopruneError("give a budget: --target-flops and/or --target-params")
-        Constraints(flops=self.target_flops, params=self.target_params)  # raises for ratios outside (0, 1]
+        if self.target_resource not in RESOURCES:
+            raise AutopruneError(
+                f"--target-resource must be one of {', '.join(RESOURCES)}, got {self.target_resource!r}"
+            )
+        if self.targets:
+            if len(set(self.targets)) != len(self.targets) or len(self.targets) > 16:
+                raise AutopruneError("--targets must be distinct ratios, at most 16")
+        elif self.target_flops is None and self.target_params is None and self.target_latency is None:
+            raise AutopruneError("give a budget: --target-flops, --target-params, --target-latency or --targets")
+        for name, value in self.budgets().items():
+            if not 0 < value <= 1:
+                raise AutopruneError(f"target {name} ratio must be in (0, 1], got {value}")
+        for value in self.targets:
+            if not 0 < value <= 1:
+                raise AutopruneError(f"--targets ratios must be in (0, 1], got {value}")
+        if not 1 <= self.latency_batch <= 4096:
+            raise AutopruneError(f"--latency-batch must be in [1, 4096], got {self.latency_batch}")
         if self.evaluations < 1:
             raise AutopruneError("--evaluations must be at least 1")
         if self.workers < 1:
@@ -92,6 +116,17 @@ class SearchConfig:
         if not 0 <= self.gpus_per_worker < math.inf:
             raise AutopruneError(f"--gpus-per-worker must be a finite number >= 0, got {self.gpus_per_worker}")
 
+    def budgets(self) -> dict[str, float]:
+        """The single-target budgets that are set (none when `targets` is given), by resource name."""
+        if self.targets:
+            return {}
+        values = (("flops", self.target_flops), ("params", self.target_params), ("latency", self.target_latency))
+        return {k: v for k, v in values if v is not None}
+
+    def uses_latency(self) -> bool:
+        """Whether the search needs a latency table."""
+        return self.target_latency is not None or bool(self.targets and self.target_resource == "latency")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -104,6 +139,8 @@ class SearchConfig:
         problem = dict(doc.pop("problem", {}))
         if isinstance(problem.get("ignore"), list):
             problem["ignore"] = tuple(problem["ignore"])
+        if isinstance(doc.get("targets"), list):
+            doc["targets"] = tuple(doc["targets"])
         return cls(problem=_build(ProblemConfig, problem), **_known(cls, doc))
 
     def save(self, path: Path) -> None:

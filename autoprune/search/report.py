@@ -105,7 +105,13 @@ def summary(plan: Plan, problem: Problem) -> str:
         "",
         f"Constraint: {target}. Achieved FLOPs {a['flops_ratio']:.1%} "
         f"({a['flops'] / 1e6:.2f} M of {a['base_flops'] / 1e6:.2f} M MACs), "
-        f"params {a['params_ratio']:.1%} ({a['params'] / 1e6:.3f} M of {a['base_params'] / 1e6:.3f} M).",
+        f"params {a['params_ratio']:.1%} ({a['params'] / 1e6:.3f} M of {a['base_params'] / 1e6:.3f} M)"
+        + (
+            f", latency {a['latency_ratio']:.1%} ({a['latency_ms']:.2f} ms of {a['base_latency_ms']:.2f} ms at "
+            f"batch {a['latency_batch']}, estimated by the latency table of the search's device)."
+            if "latency_ratio" in a
+            else "."
+        ),
         "",
         f"Search: {cost(m)}. Fine-tuned: " + (f"{epochs:g} epochs." if epochs > 0 else "no."),
         "",

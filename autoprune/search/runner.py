@@ -157,6 +157,8 @@ def resume_search(
                 stderr_log(f"{run.path} is a finished run; its results are in {run.path / 'summary.md'}")
             return done
         config = SearchConfig.load(run.config_path)
+        if config.targets:
+            raise AutopruneError("a multi-target run (--targets) cannot be resumed yet; start a new one")
         _check_code(config, code)
         config.out = str(run.path)
         config.problem = dataclasses.replace(config.problem, trust_pickle=trust_pickle, cache_dir=cache_dir)
@@ -189,9 +191,32 @@ def _check_code(config: SearchConfig, code: tuple[str, ...]) -> None:
 
 def _setup(config: SearchConfig) -> tuple[Problem, Constraints]:
     problem = load_problem(config.problem)
-    constraints = Constraints(flops=config.target_flops, params=config.target_params)
+    constraints = search_constraints(config, problem)
     check_feasible(problem.graph, constraints)
     return problem, constraints
+
+
+def search_constraints(config: SearchConfig, problem: Problem, progress: bool = False) -> Constraints:
+    """The budget of `config` on `problem`, with a latency table (measured, or read from the cache) where a
+    latency budget needs one; with `targets`, the loosest target (every target is checked reachable)."""
+    table = None
+    if config.uses_latency():
+        from autoprune.latency import latency_table
+
+        table = latency_table(
+            problem.model, problem.graph, config.latency_batch, problem.device, cache_dir=config.problem.cache_dir
+        )
+    if config.targets:
+        from autoprune.search.multi import target_constraints
+
+        targets = target_constraints(config, table)
+        for target in targets:
+            check_feasible(problem.graph, target)
+        return targets[-1]
+    budgets = config.budgets()
+    return Constraints(
+        flops=budgets.get("flops"), params=budgets.get("params"), latency=budgets.get("latency"), latency_table=table
+    )
 
 
 def _execute(
@@ -209,6 +234,8 @@ def _execute(
     tracker = Tracker(run, config.evaluations, done=done, best=best, progress=progress)
     tracker.elapsed_before = float(state["seconds"]) if state else 0.0
     tracker.images = int(state.get("images", 0)) if state else 0
+    if config.targets:
+        return _execute_targets(config, problem, constraints, run, tracker, progress)
     try:
         if done < config.evaluations:
             if config.method == "rl":
@@ -237,6 +264,30 @@ def _execute(
         },
         log=stderr_log if progress else quiet,
     )
+
+
+def _execute_targets(
+    config: SearchConfig, problem: Problem, constraints: Constraints, run: RunDir, tracker: Tracker, progress: bool
+) -> Outcome:
+    """A multi-target search (`config.targets`): plans per target and the front (see `autoprune.search.multi`)."""
+    from autoprune.front import Archive
+    from autoprune.search.multi import finish_targets, search_targets, target_constraints
+
+    targets = target_constraints(config, constraints.latency_table)
+    archive = Archive()
+    try:
+        search_targets(config, problem, targets, tracker, archive)
+        run.save_state(tracker.state())
+    finally:
+        tracker.close()
+        run.close()
+    extra = {
+        "evaluations": tracker.count,
+        "images_forwarded": tracker.images,
+        "search_seconds": round(tracker.seconds, 2),
+    }
+    metrics = finish_targets(config, problem, targets, archive, run.path, extra, stderr_log if progress else quiet)
+    return Outcome(plan=None, pruned=None, metrics=metrics)
 
 
 def _search_baseline(config: SearchConfig, problem: Problem, constraints: Constraints, tracker: Tracker) -> None:

@@ -1,0 +1,422 @@
+"""Measured latency of any keep-mask, from a per-layer table built once on the device the search runs on.
+
+FLOPs do not say how fast a pruned network runs: per-layer overheads, memory traffic and the kernels a width
+selects all count (on this project's CPU, ResNet-56 plans at 50% FLOPs ran only 1.3× faster at batch 1,
+`bench/results/latency.md`). Like NetAdapt and HALP, the table times every distinct weight layer (conv, linear;
+same class, kernel, stride, input size) on the device at a grid of kept input × output channel fractions, and
+interpolates bilinearly between grid points. Layers timed alone do not add up to the network (BatchNorm,
+activations, adds and Python overhead are not timed; caches are warmer or colder), so the sum is mapped onto
+end-to-end timings of real pruned models at uniform widths: `estimate = scale · Σ table + constant`, with the
+constant in [0, 95%] of the unpruned time chosen for the smallest relative error and the scale making the
+estimate of the unpruned model exactly its measured latency. Ratios are fractions of that measurement; the
+estimate is positive and never falls when a channel is added.
+Held-out pruned models (random widths) are timed too, and their relative errors are kept with the table.
+
+A table is cached under `<cache>/latency/`, keyed by the model's fingerprint, the input shape, the batch size and
+the device (CPU model and torch threads, or the GPU's name, and the torch version); a table measured elsewhere or
+for another model is never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.atomic import atomic_write_text
+from autoprune.data.cache import cache_dir as default_cache_dir
+from autoprune.graph.channel_graph import ChannelGraph
+
+GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
+"""Kept-channel fractions at which each distinct layer is timed (inputs × outputs)."""
+CALIBRATION_WIDTHS = (0.25, 0.5, 0.75)
+"""Uniform widths of the pruned models that fit the untabled remainder (with the unpruned model)."""
+TABLE_VERSION = 2
+TABLED = ("conv", "dwconv", "gconv", "linear")
+
+
+def device_key(device: torch.device | str) -> str:
+    """What a latency measurement depends on besides the model: processor or GPU, torch threads, torch version."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        hardware = torch.cuda.get_device_name(device)
+    else:
+        hardware = _cpu_name()
+        hardware += f", {torch.get_num_threads()} threads"
+    return f"{device.type}: {hardware}; torch {torch.__version__}"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def time_forward(module: nn.Module, x: torch.Tensor, repeats: int = 7, warmup: int = 2) -> float:
+    """Seconds of one forward pass of `module` on `x`: the lower quartile of `repeats` passes after `warmup`
+    (robust to other processes' bursts, which only ever add time)."""
+    times = []
+    for i in range(warmup + repeats):
+        _sync(x.device)
+        start = time.perf_counter()
+        module(x)
+        _sync(x.device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return _low(times)
+
+
+def _low(times: list[float]) -> float:
+    return float(np.percentile(times, 25))
+
+
+@dataclass
+class LatencyTable:
+    """Latency of a network under any keep-mask: tabled weight layers plus a fitted remainder.
+
+    Attributes:
+        key: what the table was measured for (`model`, `input_shape`, `batch`, `device`).
+        layers: names of the tabled layers (conv, linear), in graph order.
+        slots: index of each tabled layer in the graph's layers (the cost model's module order).
+        full_in, full_out: unpruned input and output channels of each tabled layer.
+        times: (layers, len(GRID), len(GRID)) seconds at grid fractions of kept inputs (rows) × outputs (cols).
+        base_seconds: measured seconds of the unpruned model (the estimate's value at the full mask).
+        remainder: (scale of the table's sum, constant seconds) mapping the table onto end-to-end times.
+        validation: `[estimated, measured]` seconds of held-out pruned models.
+        from_cache: whether this table was read from the cache rather than measured.
+    """
+
+    key: dict[str, Any]
+    layers: list[str]
+    slots: np.ndarray
+    full_in: np.ndarray
+    full_out: np.ndarray
+    times: np.ndarray
+    base_seconds: float
+    remainder: tuple[float, float] = (1.0, 0.0)
+    validation: list[list[float]] = field(default_factory=list)
+    from_cache: bool = False
+
+    # -- estimates ---------------------------------------------------------------------------------------------
+    def _coords(self, graph: ChannelGraph, keep: np.ndarray) -> tuple[np.ndarray, ...]:
+        i, o = graph.flops_cost.kept(keep)
+        return i[self.slots], o[self.slots]
+
+    def _interp(self, fi: np.ndarray, fo: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Bilinear values and slopes (per unit fraction of inputs and outputs) of every tabled layer."""
+        grid = np.asarray(GRID)
+        fi, fo = np.clip(fi, grid[0], 1.0), np.clip(fo, grid[0], 1.0)  # below the grid: the smallest cell's value
+        a = np.clip(np.searchsorted(grid, fi) - 1, 0, len(grid) - 2)
+        b = np.clip(np.searchsorted(grid, fo) - 1, 0, len(grid) - 2)
+        wa = (fi - grid[a]) / (grid[a + 1] - grid[a])
+        wb = (fo - grid[b]) / (grid[b + 1] - grid[b])
+        m = np.arange(len(a))
+        t00, t01 = self.times[m, a, b], self.times[m, a, b + 1]
+        t10, t11 = self.times[m, a + 1, b], self.times[m, a + 1, b + 1]
+        value = (1 - wa) * (1 - wb) * t00 + (1 - wa) * wb * t01 + wa * (1 - wb) * t10 + wa * wb * t11
+        d_in = ((1 - wb) * (t10 - t00) + wb * (t11 - t01)) / (grid[a + 1] - grid[a])
+        d_out = ((1 - wa) * (t01 - t00) + wa * (t11 - t10)) / (grid[b + 1] - grid[b])
+        return value, d_in, d_out
+
+    def seconds(self, graph: ChannelGraph, keep: np.ndarray) -> float:
+        """Estimated seconds of one forward pass (of the table's batch) of the network pruned by `keep`."""
+        i, o = self._coords(graph, keep)
+        value, _, _ = self._interp(i / self.full_in, o / self.full_out)
+        scale, constant = self.remainder
+        return float(scale * value.sum() + constant)
+
+    def ratio(self, graph: ChannelGraph, keep: np.ndarray) -> float:
+        """Estimated latency of `keep` as a fraction of the unpruned model's measured latency."""
+        return self.seconds(graph, keep) / self.base_seconds
+
+    def marginal(self, graph: ChannelGraph, keep: np.ndarray) -> np.ndarray:
+        """Latency ratio removed by dropping each decision alone from `keep` (slopes of the interpolation)."""
+        i, o = self._coords(graph, keep)
+        _, d_in, d_out = self._interp(i / self.full_in, o / self.full_out)
+        per_in = np.zeros(len(graph.layers))
+        per_out = np.zeros(len(graph.layers))
+        per_in[self.slots] = self.remainder[0] * np.maximum(d_in, 0) / self.full_in
+        per_out[self.slots] = self.remainder[0] * np.maximum(d_out, 0) / self.full_out
+        cost = graph.flops_cost
+        n = len(keep)
+        out = np.bincount(cost.out_decision, weights=per_out[cost.out_slot], minlength=n)
+        out += np.bincount(cost.in_decision, weights=per_in[cost.in_slot], minlength=n)
+        return out / self.base_seconds
+
+    def validation_error(self) -> float:
+        """Largest relative error of the estimate on the held-out pruned models (0 when none were timed)."""
+        return max((abs(e - m) / m for e, m in self.validation), default=0.0)
+
+    # -- persistence -------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": TABLE_VERSION,
+            "key": self.key,
+            "grid": list(GRID),
+            "layers": self.layers,
+            "slots": self.slots.tolist(),
+            "full_in": self.full_in.tolist(),
+            "full_out": self.full_out.tolist(),
+            "times": self.times.tolist(),
+            "base_seconds": self.base_seconds,
+            "remainder": list(self.remainder),
+            "validation": self.validation,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> LatencyTable:
+        return cls(
+            key=doc["key"],
+            layers=list(doc["layers"]),
+            slots=np.asarray(doc["slots"], dtype=np.int64),
+            full_in=np.asarray(doc["full_in"], dtype=np.float64),
+            full_out=np.asarray(doc["full_out"], dtype=np.float64),
+            times=np.asarray(doc["times"], dtype=np.float64),
+            base_seconds=float(doc["base_seconds"]),
+            remainder=(float(doc["remainder"][0]), float(doc["remainder"][1])),
+            validation=[[float(a), float(b)] for a, b in doc["validation"]],
+        )
+
+
+def table_key(graph: ChannelGraph, batch: int, device: torch.device | str) -> dict[str, Any]:
+    """The cache key of a latency table: model fingerprint, input shape, batch and device."""
+    return {
+        "model": graph.fingerprint,
+        "input_shape": list(graph.input_shape),
+        "batch": int(batch),
+        "device": device_key(device),
+        "grid": list(GRID),
+    }
+
+
+def cache_path(key: dict[str, Any], cache_dir: str | Path | None = None) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return default_cache_dir(cache_dir) / "latency" / f"{key['model']}-{digest}.json"
+
+
+def latency_table(
+    model: nn.Module,
+    graph: ChannelGraph,
+    batch: int = 1,
+    device: torch.device | str = "cpu",
+    cache_dir: str | Path | None = None,
+    repeats: int = 7,
+    seed: int = 0,
+) -> LatencyTable:
+    """The latency table of `model` at `batch` on `device`: read from the cache when one was measured for the same
+    key, else measured (seconds to a minute) and cached.
+
+    Args:
+        model: the unpruned network (its weights do not matter; it is not modified).
+        graph: its channel graph.
+        batch: inputs per forward pass the latency is for.
+        device: where to time (the device the search runs on).
+        cache_dir: cache root (default `$AUTOPRUNE_CACHE` or ~/.cache/autoprune).
+        repeats: timed passes per measurement (the median is kept).
+        seed: draws the held-out validation masks.
+    """
+    device = torch.device(device)
+    key = table_key(graph, batch, device)
+    path = cache_path(key, cache_dir)
+    if path.is_file():
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("version") == TABLE_VERSION and doc.get("key") == key:
+                table = LatencyTable.from_dict(doc)
+                table.from_cache = True
+                return table
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            pass  # unreadable: measure again and overwrite
+    table = measure_table(model, graph, batch, device, repeats, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(table.to_dict()))
+    return table
+
+
+def measure_table(
+    model: nn.Module, graph: ChannelGraph, batch: int, device: torch.device, repeats: int = 7, seed: int = 0
+) -> LatencyTable:
+    """Time every distinct tabled layer on the grid, then fit and validate the remainder on real pruned models."""
+    model = model.eval()
+    names = list(graph.layers)
+    modules = dict(model.named_modules())
+    shapes = _input_shapes(model, graph, names, device)
+    tabled = [n for n in names if graph.layers[n].kind in TABLED and n in shapes and _rebuild(modules[n], 1, 1)]
+    full_in = np.array([_channels(modules[n])[0] for n in tabled], dtype=np.float64)
+    full_out = np.array([_channels(modules[n])[1] for n in tabled], dtype=np.float64)
+    times = np.zeros((len(tabled), len(GRID), len(GRID)))
+    measured: dict[tuple, np.ndarray] = {}
+    for k, name in enumerate(tabled):
+        module, shape = modules[name], shapes[name]
+        signature = (repr(module), shape)
+        if signature not in measured:
+            measured[signature] = _time_grid(module, shape, batch, device, repeats)
+        times[k] = measured[signature]
+    # Adding channels never makes a layer faster: timing noise that says so would break the search's bisection.
+    times = np.maximum.accumulate(np.maximum.accumulate(times, axis=1), axis=2)
+    table = LatencyTable(
+        key=table_key(graph, batch, device),
+        layers=tabled,
+        slots=np.array([names.index(n) for n in tabled], dtype=np.int64),
+        full_in=full_in,
+        full_out=full_out,
+        times=times,
+        base_seconds=1.0,
+    )
+    rng = np.random.default_rng(seed)
+    calibration = [graph.full_mask()] + [uniform_width(graph, w) for w in CALIBRATION_WIDTHS]
+    held_out = [random_widths(graph, rng) for _ in range(2)]
+    seconds = time_masks(model, graph, calibration + held_out, batch, device, repeats)
+    _fit_remainder(table, graph, calibration, seconds[: len(calibration)])
+    table.validation = [
+        [table.seconds(graph, keep), s] for keep, s in zip(held_out, seconds[len(calibration) :], strict=True)
+    ]
+    return table
+
+
+def _fit_remainder(table: LatencyTable, graph: ChannelGraph, masks: list[np.ndarray], seconds: list[float]) -> None:
+    """Choose `(scale, constant)` of `scale · Σ table + constant`: exact at the unpruned model (the first mask),
+    the constant in [0, 0.95] of its time with the smallest squared relative error on the other masks."""
+    table.remainder = (1.0, 0.0)
+    sums = np.array([table.seconds(graph, k) for k in masks])
+    measured = np.asarray(seconds, dtype=np.float64)
+    constants = np.linspace(0.0, 0.95, 96) * measured[0]
+    scales = (measured[0] - constants) / sums[0]
+    relative = (scales[:, None] * sums[None, 1:] + constants[:, None]) / measured[None, 1:] - 1
+    best = int(np.argmin((relative**2).sum(axis=1)))
+    table.remainder = (float(scales[best]), float(constants[best]))
+    table.base_seconds = float(measured[0])
+
+
+def uniform_width(graph: ChannelGraph, width: float) -> np.ndarray:
+    """Every prunable group cut to `width` of its channels (highest weight L1 kept), legalised."""
+    keep = np.zeros(graph.num_decisions, dtype=np.int8)
+    l1 = graph.channel_stats[:, 0]
+    for g in graph.prunable_groups:
+        idx = g.offset + np.argsort(-l1[g.offset : g.offset + g.size], kind="stable")
+        keep[idx[: max(1, round(width * g.size))]] = 1
+    return graph.legalize(keep)
+
+
+def random_widths(graph: ChannelGraph, rng: np.random.Generator) -> np.ndarray:
+    """Every prunable group cut to its own random width in [0.2, 1]: a held-out mask for validation."""
+    keep = np.zeros(graph.num_decisions, dtype=np.int8)
+    for g in graph.prunable_groups:
+        keep[g.offset : g.offset + max(1, round(rng.uniform(0.2, 1.0) * g.size))] = 1
+    return graph.legalize(keep)
+
+
+def time_masks(
+    model: nn.Module,
+    graph: ChannelGraph,
+    masks: list[np.ndarray],
+    batch: int,
+    device: torch.device | str,
+    repeats: int = 7,
+) -> list[float]:
+    """Seconds of a forward pass of each physically pruned model (lower quartile of `repeats` passes), timed
+    round-robin so that load drifts hit all alike."""
+    from autoprune.plan import Plan  # the plan layer sits above the cost models
+
+    device = torch.device(device)
+    nets = [Plan.from_mask(model, graph, keep).apply(model).to(device).eval() for keep in masks]
+    x = torch.randn(batch, *graph.input_shape, device=device)
+    times: list[list[float]] = [[] for _ in nets]
+    with torch.no_grad():
+        for _ in range(3):  # the first passes allocate and fill caches
+            for net in nets:
+                net(x)
+        for _ in range(repeats):
+            for k, net in enumerate(nets):
+                _sync(device)
+                start = time.perf_counter()
+                net(x)
+                _sync(device)
+                times[k].append(time.perf_counter() - start)
+    return [_low(t) for t in times]
+
+
+def _input_shapes(model: nn.Module, graph: ChannelGraph, names: list[str], device: torch.device) -> dict:
+    """Input shape (batch 1) of every named module on one forward pass."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    modules = dict(model.named_modules())
+    hooks = []
+    for name in names:
+        if name not in modules:
+            continue
+
+        def record(mod, inputs, output, name=name):
+            if name not in shapes and inputs and isinstance(inputs[0], torch.Tensor):
+                shapes[name] = tuple(inputs[0].shape[1:])
+
+        hooks.append(modules[name].register_forward_hook(record))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *graph.input_shape, device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def _channels(module: nn.Module) -> tuple[int, int]:
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    return module.in_channels, module.out_channels
+
+
+def _rebuild(module: nn.Module, fi: float, fo: float) -> nn.Module | None:
+    """A fresh layer like `module` keeping fractions `fi` of its inputs and `fo` of its outputs (None: not tabled)."""
+    if isinstance(module, nn.Linear):
+        i, o = (max(1, round(f * c)) for f, c in ((fi, module.in_features), (fo, module.out_features)))
+        return nn.Linear(i, o, bias=module.bias is not None)
+    if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and not getattr(module, "transposed", False):
+        groups = module.groups
+        if groups == module.in_channels == module.out_channels and groups > 1:  # depthwise: one width
+            i = o = groups = max(1, round(fo * module.out_channels))
+        else:
+            i = max(groups, round(fi * module.in_channels / groups) * groups)
+            o = max(groups, round(fo * module.out_channels / groups) * groups)
+        return type(module)(
+            i, o, module.kernel_size, module.stride, module.padding, module.dilation, groups,
+            bias=module.bias is not None, padding_mode=module.padding_mode,
+        )  # fmt: skip
+    return None
+
+
+def _time_grid(module: nn.Module, shape: tuple[int, ...], batch: int, device: torch.device, repeats: int):
+    """Seconds of a layer like `module` at every grid fraction of kept inputs × outputs."""
+    out = np.zeros((len(GRID), len(GRID)))
+    channel_dim = 0 if not isinstance(module, nn.Linear) else len(shape) - 1
+    for a, fi in enumerate(GRID):
+        for b, fo in enumerate(GRID):
+            layer = _rebuild(module, fi, fo).to(device).eval()
+            in_channels = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+            size = list(shape)
+            size[channel_dim] = in_channels
+            out[a, b] = time_forward(layer, torch.randn(batch, *size, device=device), repeats)
+    return out
+
+
+def threads_note() -> str:
+    """Torch threads and `OMP_NUM_THREADS`, for result tables."""
+    return f"{torch.get_num_threads()} torch threads (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"

@@ -1,0 +1,122 @@
+"""The per-layer latency table (autoprune.latency) and latency budgets in a search."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from torch import nn
+
+from autoprune.constraints import Constraints, rescale, smallest_mask
+from autoprune.graph import build_channel_graph
+from autoprune.latency import GRID, cache_path, latency_table, time_masks, uniform_width
+from autoprune.plan import Plan
+
+
+def tiny(width: int = 16) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    ).eval()  # fmt: skip
+
+
+def table_of(model: nn.Module, tmp_path, **kw):
+    graph = build_channel_graph(model, torch.zeros(1, 3, 16, 16))
+    return graph, latency_table(model, graph, batch=2, cache_dir=tmp_path, repeats=3, **kw)
+
+
+def test_table_interpolates_bilinearly_between_grid_points(tmp_path):
+    graph, table = table_of(tiny(), tmp_path)
+    assert table.layers == ["0", "3", "8"] and table.times.shape == (3, len(GRID), len(GRID))
+    grid = np.asarray(GRID)
+    # At grid points the estimate is the timed value; halfway between two it is their mean.
+    value, _, _ = table._interp(np.full(3, grid[2]), np.full(3, grid[3]))
+    np.testing.assert_allclose(value, table.times[:, 2, 3])
+    mid_in, mid_out = (grid[2] + grid[3]) / 2, (grid[1] + grid[2]) / 2
+    value, _, _ = table._interp(np.full(3, mid_in), np.full(3, mid_out))
+    expected = table.times[:, 2:4, 1:3].mean(axis=(1, 2))
+    np.testing.assert_allclose(value, expected)
+    # Widening a layer never makes it faster; the full mask is the measured unpruned latency.
+    assert (np.diff(table.times, axis=1) >= 0).all() and (np.diff(table.times, axis=2) >= 0).all()
+    assert table.ratio(graph, graph.full_mask()) == pytest.approx(1.0)
+    assert table.seconds(graph, graph.full_mask()) == pytest.approx(table.base_seconds)
+    assert table.ratio(graph, uniform_width(graph, 0.25)) < table.ratio(graph, uniform_width(graph, 0.75)) <= 1.0
+    assert (table.marginal(graph, graph.full_mask()) >= 0).all()
+    assert len(table.validation) == 2 and all(e > 0 and m > 0 for e, m in table.validation)
+
+
+def test_second_build_reads_the_cache_and_other_keys_are_not_reused(tmp_path):
+    model = tiny()
+    _, first = table_of(model, tmp_path)
+    assert not first.from_cache
+    _, again = table_of(model, tmp_path)
+    assert again.from_cache and again.to_dict() == first.to_dict()
+    # Another model (other fingerprint) gets its own table.
+    _, other = table_of(tiny(width=8), tmp_path)
+    assert not other.from_cache and other.key["model"] != first.key["model"]
+    # Another device key (here: torch threads) is measured again, not read.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        _, elsewhere = table_of(model, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert not elsewhere.from_cache and elsewhere.key["device"] != first.key["device"]
+    # A cached file whose key says another device is not trusted (e.g. a cache copied from another machine).
+    path = cache_path(first.key, tmp_path)
+    doc = json.loads(path.read_text())
+    doc["key"]["device"] = "cuda: some GPU; torch 0"
+    path.write_text(json.dumps(doc))
+    _, remeasured = table_of(model, tmp_path)
+    assert not remeasured.from_cache
+
+
+def test_latency_budget_drives_rescale_and_fill(tmp_path):
+    graph, table = table_of(tiny(), tmp_path)
+    target = round((table.ratio(graph, smallest_mask(graph)) + 1) / 2, 3)  # halfway between the floor and 1
+    budget = Constraints(latency=target, latency_table=table)
+    keep = rescale(graph, graph.full_mask(), budget)
+    assert budget.feasible(graph, keep) and keep.sum() < graph.num_decisions
+    for channel in np.flatnonzero(keep == 0):  # filled: no dropped channel fits back in
+        trial = keep.copy()
+        trial[channel] = 1
+        assert not budget.feasible(graph, trial)
+    plan = Plan.from_mask(tiny(), graph, keep, budget)
+    assert plan.constraint["latency"] == target and plan.achieved["latency_ratio"] <= target + 1e-9
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))).achieved["latency_batch"] == 2
+
+
+def test_latency_search_meets_its_budget_when_measured(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    result = run_cli(
+        "search", "--target-latency", "0.6", "--latency-batch", "64", "--evaluations", "12", "--eval-samples", "100",
+        "--quiet", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    plan = Plan.load(out / "plan.json")
+    assert plan.constraint == {"flops": None, "params": None, "latency": 0.6}
+    assert plan.achieved["latency_ratio"] <= 0.6 + 1e-9 and plan.achieved["latency_batch"] == 64
+    assert "latency" in (out / "summary.md").read_text()
+    # Measured end to end, paired with the unpruned model (loose: the CI machine is shared; bench/ holds the
+    # tight check).
+    from autoprune.training import pretrained_default
+
+    model, _ = pretrained_default(cache_dir=str(cache_dir))
+    graph = build_channel_graph(model, torch.zeros(1, *plan.input_shape))
+    ratios = []
+    for _ in range(3):  # the best of three paired measurements: other processes only ever add time
+        full, pruned = time_masks(model, graph, [graph.full_mask(), np.asarray(plan.mask)], 64, "cpu", repeats=30)
+        ratios.append(pruned / full)
+    assert min(ratios) <= 0.6 * 1.5
+
+
+def test_infeasible_latency_target_is_one_line(tmp_path, cache_dir):
+    result = run_cli("search", "--target-latency", "0.001", "--evaluations", "4", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "infeasible target" in result.stderr
+    assert "latency" in result.stderr
