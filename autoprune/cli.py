@@ -169,6 +169,8 @@ def info(model, weights, trust_pickle, input_shape, dataset, data_dir, num_class
 @click.option("--data-dir", type=click.Path(), default=None, help="dataset files (e.g. cifar10 .tar.gz)")
 @click.option("--recalibrate/--no-recalibrate", default=True, show_default=True,
               help="re-estimate BN statistics on training batches (with --dataset)")  # fmt: skip
+@click.option("--reconstruct/--no-reconstruct", default=True, show_default=True,
+              help="re-fit the layers that lost input channels by least squares (with --dataset)")  # fmt: skip
 @click.option("--finetune-epochs", type=float, default=0.0, show_default=True,
               help="fine-tune on the training split (with --dataset; use --device cuda for long runs)")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="seeds recalibration batches and fine-tuning")
@@ -177,12 +179,13 @@ def info(model, weights, trust_pickle, input_shape, dataset, data_dir, num_class
 @click.option("--onnx", "onnx_path", type=click.Path(), default=None, help="also export ONNX (after recovery)")
 @click.option("--quiet", is_flag=True, help="no progress messages")
 def apply(plan_path, model, weights, trust_pickle, random_init, num_classes, dataset, data_dir, recalibrate,
-          finetune_epochs, seed, device, out, onnx_path, quiet) -> None:  # fmt: skip
+          reconstruct, finetune_epochs, seed, device, out, onnx_path, quiet) -> None:  # fmt: skip
     """Apply a plan to a model and write the physically smaller model (and ONNX where asked).
 
     The plan is applied to the trained weights it was searched on (--weights; the default digits model has its
     own). With --dataset the pruned model is recovered before it is written: BN statistics re-estimated on
-    training batches (as a search does; --no-recalibrate skips it) and --finetune-epochs of fine-tuning.
+    training batches (as a search does; --no-recalibrate skips it), the layers that lost input channels re-fitted
+    by least squares (--no-reconstruct skips it) and --finetune-epochs of fine-tuning.
     """
     from autoprune.deploy import ApplyConfig, apply_plan
     from autoprune.recovery import quiet as no_log
@@ -191,7 +194,8 @@ def apply(plan_path, model, weights, trust_pickle, random_init, num_classes, dat
     config = ApplyConfig(
         plan=plan_path, out=out, model=model, weights=weights, random_init=random_init, trust_pickle=trust_pickle,
         num_classes=num_classes, dataset=dataset, data_dir=data_dir, recalibrate=recalibrate,
-        finetune_epochs=finetune_epochs, seed=seed, device=device, onnx=onnx_path, progress=not quiet,
+        reconstruct=reconstruct, finetune_epochs=finetune_epochs, seed=seed, device=device, onnx=onnx_path,
+        progress=not quiet,
     )  # fmt: skip
     done = apply_plan(config, log=no_log if quiet else stderr_log)
     achieved = done.plan.achieved
@@ -320,6 +324,11 @@ def search_options(func):
             show_default=True,
             help="stop a candidate after BN recalibration when it is clearly worse than the best so far",
         ),
+        click.option(
+            "--score-with-reconstruction",
+            is_flag=True,
+            help="re-fit each candidate's layers by least squares before scoring it (about 2x the cost)",
+        ),
         click.option("--ignore", multiple=True, help="module whose output channels are kept (repeatable)"),
         click.option("--min-channels", type=int, default=p.min_channels, show_default=True),
         click.option(
@@ -328,6 +337,12 @@ def search_options(func):
             default=p.round_to,
             show_default=True,
             help="kept channels per group rounded up to a multiple of this",
+        ),
+        click.option(
+            "--reconstruct/--no-reconstruct",
+            default=d.reconstruct,
+            show_default=True,
+            help="re-fit the final plan's layers that lost input channels by least squares (after BN recalibration)",
         ),
         click.option(
             "--finetune-epochs",
@@ -364,6 +379,7 @@ def _search_config(method: str, opts: dict):
         data_dir=opts["data_dir"], device=opts["device"], eval_samples=opts["eval_samples"],
         recalibrate_batches=opts["recalibrate_batches"], racing=opts["racing"], ignore=tuple(opts["ignore"]),
         min_channels=opts["min_channels"], round_to=opts["round_to"],
+        score_with_reconstruction=opts["score_with_reconstruction"],
     )  # fmt: skip
     out = opts["out"] or f"runs/{method}-{time.strftime('%Y%m%d-%H%M%S')}"
     extra = {k: opts[k] for k in ("steps_per_episode", "rollout", "learning_rate", "tau") if k in opts}
@@ -380,6 +396,7 @@ def _search_config(method: str, opts: dict):
         target_latency=opts["target_latency"], latency_batch=opts["latency_batch"], targets=targets,
         target_resource=opts["target_resource"], method=method,
         evaluations=opts["evaluations"], seed=opts["seed"], finetune_epochs=opts["finetune_epochs"],
+        reconstruct=opts["reconstruct"],
         workers=opts["workers"], address=opts["address"], gpus_per_worker=opts["gpus_per_worker"], out=out, **extra,
     )  # fmt: skip
 

@@ -40,6 +40,9 @@ class ApplyConfig:
     """Where the dataset's files are."""
     recalibrate: bool = True
     """Re-estimate BatchNorm statistics on training batches (needs `dataset`)."""
+    reconstruct: bool = True
+    """Then re-fit the layers that lost input channels by least squares (`autoprune.reconstruct`; needs `dataset`),
+    kept only where it does not lower validation accuracy."""
     finetune_epochs: float = 0.0
     """Fine-tune on the training split for this many epochs after recalibration (needs `dataset`)."""
     seed: int = 0
@@ -114,7 +117,10 @@ def apply_plan(config: ApplyConfig, log: Log = stderr_log) -> Applied:
     pruned = plan.apply(net)
     metrics: dict[str, Any] = {}
     if bundle is not None:
-        stages = recovery_stages(config.recalibrate, config.finetune_epochs, config.seed, config.progress)
+        rebuild = (net, plan.modules) if config.reconstruct else None
+        stages = recovery_stages(
+            config.recalibrate, config.finetune_epochs, config.seed, config.progress, reconstruct_from=rebuild
+        )
         metrics = recover(pruned, bundle, stages=stages, device=device, log=log, progress=config.progress)
     pruned = pruned.cpu().eval()
     with writing(config.out, "--out"):

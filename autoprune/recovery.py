@@ -1,4 +1,5 @@
-"""Recover a pruned model's accuracy in named stages (BN recalibration, fine-tuning), measuring it after each.
+"""Recover a pruned model's accuracy in named stages (BN recalibration, reconstruction, fine-tuning), measuring
+it after each.
 
 `recover` is what both `autoprune apply` and a search's finalisation run. A stage is a `Stage`: a name (the
 metrics say `val_acc_<name>`, `test_acc_<name>`), a label for people, and a function that changes the model in
@@ -7,16 +8,20 @@ place. Another recovery step slots in as one more `Stage` in the list `recovery_
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from autoprune.data import DataBundle
 from autoprune.masking import recalibrate_bn
+from autoprune.pruning import apply_kept_channels
+from autoprune.reconstruct import reconstruct
 from autoprune.training import evaluate, train
 
 Log = Callable[[str], None]
@@ -56,8 +61,8 @@ class Stage:
 
     name: str
     """Short name: the metrics of the model after it are `<split>_acc_<name>`."""
-    run: Callable[[nn.Module, DataBundle, torch.device], None]
-    """Called as `run(model, bundle, device)`; changes `model` in place."""
+    run: Callable[[nn.Module, DataBundle, torch.device], dict[str, Any] | None]
+    """Called as `run(model, bundle, device)`; changes `model` in place and may return metrics to report."""
     what: str = ""
     """What it does, for progress messages (e.g. "recalibrating BN statistics on 2560 training images")."""
 
@@ -74,6 +79,38 @@ def recalibration(
     return Stage("recalibrated", run, f"recalibrating BN statistics on up to {batches * batch_size} training images")
 
 
+def reconstruction(
+    original: nn.Module, kept: dict[str, dict[str, list[int]]], images: int = 256, seed: int = 0
+) -> Stage:
+    """Least-squares reconstruction (`autoprune.reconstruct`) of the network as cut from `original`.
+
+    It re-fits the layers that lost input channels on `images` training images, then tries BN statistics
+    re-estimated after it too, and keeps whichever of the two, or the model it was given, is most accurate on the
+    validation split: it never lowers validation accuracy, and says (metric `reconstruction`) what it kept.
+    """
+
+    def run(model: nn.Module, bundle: DataBundle, device: torch.device) -> dict[str, Any]:
+        val = bundle.batches("val", 500, device=device)
+        given = evaluate(model, val, device)
+        net = apply_kept_channels(copy.deepcopy(original).to(device).eval(), kept)
+        loader = bundle.loader("train", 64, shuffle=True, seed=seed + 1, device=device)
+        report = reconstruct(
+            original.to(device), net, kept, [b for _, b in zip(range(max(images // 64, 1)), loader, strict=False)]
+        )
+        tried = {"re-fitted": (evaluate(net, val, device), copy.deepcopy(net.state_dict()))}
+        recalibration(seed=seed).run(net, bundle, device)
+        tried["re-fitted, then BN recalibrated"] = (evaluate(net, val, device), net.state_dict())
+        kept_as, (accuracy, state) = max(tried.items(), key=lambda item: item[1][0])
+        done = {"reconstruction_seconds": round(report.seconds, 2), "reconstruction_layers": len(report.layers)}
+        if accuracy < given:
+            return {**done, "reconstruction": f"skipped: it lowered validation accuracy ({accuracy:.2%} < {given:.2%})"}
+        model.load_state_dict(state)
+        model.eval()
+        return {**done, "reconstruction": kept_as}
+
+    return Stage("reconstructed", run, f"re-fitting the layers that lost inputs (least squares on {images} images)")
+
+
 def finetuning(epochs: float, seed: int = 0, progress: bool = False, lr: float = 0.02) -> Stage:
     """SGD fine-tuning on the train split for `epochs` (see `autoprune.training.train`)."""
 
@@ -85,10 +122,17 @@ def finetuning(epochs: float, seed: int = 0, progress: bool = False, lr: float =
 
 
 def recovery_stages(
-    recalibrate: bool = True, finetune_epochs: float = 0.0, seed: int = 0, progress: bool = False
+    recalibrate: bool = True,
+    finetune_epochs: float = 0.0,
+    seed: int = 0,
+    progress: bool = False,
+    reconstruct_from: tuple[nn.Module, dict[str, dict[str, list[int]]]] | None = None,
 ) -> list[Stage]:
-    """The default recovery: BN recalibration, then fine-tuning when `finetune_epochs` > 0."""
+    """The default recovery: BN recalibration, reconstruction where `reconstruct_from` gives the unpruned model
+    and the plan's kept channels, then fine-tuning when `finetune_epochs` > 0."""
     stages = [recalibration(seed=seed)] if recalibrate else []
+    if reconstruct_from is not None:
+        stages.append(reconstruction(*reconstruct_from, seed=seed))
     if finetune_epochs > 0:
         stages.append(finetuning(finetune_epochs, seed=seed, progress=progress))
     return stages
@@ -122,7 +166,8 @@ def recover(
         progress: show a progress bar while fine-tuning.
 
     Returns:
-        `{<split>_acc_pruned, <split>_acc_<stage>...}` (fractions in [0, 1]) and `recovery_seconds`.
+        `{<split>_acc_pruned, <split>_acc_<stage>...}` (fractions in [0, 1]), what the stages reported (e.g.
+        `reconstruction`), and `recovery_seconds`.
     """
     device = torch.device(device)
     if stages is None:
@@ -131,7 +176,7 @@ def recover(
     metrics = measure(pruned, bundle, "pruned", splits, device, log)
     for stage in stages:
         log(f"{stage.what or stage.name}...")
-        stage.run(pruned, bundle, device)
+        metrics.update(stage.run(pruned, bundle, device) or {})
         metrics.update(measure(pruned, bundle, stage.name, splits, device, log))
     pruned.to(device).eval()
     metrics["recovery_seconds"] = round(time.perf_counter() - start, 2)

@@ -42,7 +42,8 @@ def one_line_error(result) -> str:
 def test_every_step_after_the_search_says_what_it_does(run) -> None:
     _, stderr = run
     for step in ("evaluating the unpruned model", "evaluating the pruned model", "recalibrating BN statistics",
-                 "evaluating the recalibrated model", "writing plan.json"):  # fmt: skip
+                 "evaluating the recalibrated model", "re-fitting the layers that lost inputs",
+                 "evaluating the reconstructed model", "writing plan.json"):  # fmt: skip
         assert step in stderr
 
 
@@ -52,7 +53,8 @@ def test_summary_says_cost_finetuning_and_the_validation_caveat(run) -> None:
     assert re.search(r"Search: 6 evaluations, [\d,]+ images forwarded, [\d.]+ s searching", summary)
     assert "Fine-tuned: no." in summary
     assert "weights trained on the whole training split" in summary
-    assert "| + BN recalibration |" in summary
+    assert "| + BN recalibration |" in summary and "| + reconstruction |" in summary
+    assert re.search(r"Reconstruction: (re-fitted|skipped: it lowered validation accuracy)", summary)
 
 
 def test_metrics_csv_has_lf_line_endings_only(run) -> None:
@@ -77,12 +79,12 @@ def test_apply_with_a_dataset_gives_the_runs_recovered_model(run, tmp_path) -> N
     result = run_cli("apply", "--plan", str(out / "plan.json"), "--dataset", "digits", "--out", str(small),
                      "--onnx", str(onnx_path))  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "recalibrating BN statistics" in result.stderr
+    assert "recalibrating BN statistics" in result.stderr and "re-fitting the layers" in result.stderr
     digits = load_dataset("digits")
     test = digits.batches("test", 500)
     ours, runs = evaluate(load_pruned(small), test), evaluate(load_pruned(out / "pruned.pt"), test)
     assert abs(ours - runs) <= 0.01  # the target: within 1 point of the run's pruned.pt
-    assert f"+ BN recalibration {ours:.2%}" in result.stdout
+    assert f"+ reconstruction {ours:.2%}" in result.stdout  # what was written is the last stage's model
     raw = tmp_path / "raw.pt"
     assert run_cli("apply", "--plan", str(out / "plan.json"), "--out", str(raw)).returncode == 0
     assert evaluate(load_pruned(raw), test) < ours  # BN statistics of the unpruned model no longer fit

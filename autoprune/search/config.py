@@ -67,6 +67,9 @@ class SearchConfig:
     """Temperature of the self-competition reward `tanh((score - best) / tau)`."""
     finetune_epochs: float = 0.0
     """Fine-tune the pruned model for this many epochs after the search (fractions allowed)."""
+    reconstruct: bool = True
+    """After BN recalibration, re-fit the final plan's layers that lost input channels by least squares
+    (`autoprune.reconstruct`), kept only where it does not lower validation accuracy."""
     workers: int = 1
     """Parallel evaluation workers; more than 1 uses Ray actors."""
     address: str | None = None
@@ -89,6 +92,8 @@ class SearchConfig:
         if self.targets:
             if len(set(self.targets)) != len(self.targets) or len(self.targets) > 16:
                 raise AutopruneError("--targets must be distinct ratios, at most 16")
+            if self.workers > 1 or self.address:
+                raise AutopruneError("--targets searches with one evaluation worker; drop --workers/--address")
         elif self.target_flops is None and self.target_params is None and self.target_latency is None:
             raise AutopruneError("give a budget: --target-flops, --target-params, --target-latency or --targets")
         for name, value in self.budgets().items():

@@ -177,7 +177,8 @@ def finish_targets(
         log(f"target {resource} ≤ {target:g}: best validation score {entry.score:.4f}")
         outcome = finish(
             problem, constraints, entry.keep, entry.score, target_dir(out, resource, target), method=config.method,
-            finetune_epochs=config.finetune_epochs, seed=config.seed, extra={**extra, "target": target}, log=log,
+            finetune_epochs=config.finetune_epochs, reconstruct=config.reconstruct,
+            seed=config.seed, extra={**extra, "target": target}, log=log,
         )  # fmt: skip
         outcomes.append(outcome)
         achieved = outcome.plan.achieved

@@ -41,11 +41,13 @@ def finish(
     seed: int = 0,
     extra: dict[str, Any] | None = None,
     log: Log = stderr_log,
+    reconstruct: bool = True,
 ) -> Outcome:
     """Prune `keep` for real, recover and measure it, write the run's results to `out` and return them.
 
     The plan is `keep` filled up to the budget (`autoprune.constraints.fill`): whatever method found the mask,
-    budget it leaves unused is capacity lost after fine-tuning.
+    budget it leaves unused is capacity lost after fine-tuning. With `reconstruct`, the layers that lost input
+    channels are re-fitted by least squares after BN recalibration (`autoprune.recovery.reconstruction`).
     """
     start = time.perf_counter()
     model, bundle, device = problem.model, problem.bundle, problem.device
@@ -58,7 +60,8 @@ def finish(
     }
     plan = Plan.from_mask(model, problem.graph, keep, constraints)
     pruned = plan.apply(model)
-    stages = recovery_stages(finetune_epochs=finetune_epochs, seed=seed)
+    rebuild = (model, plan.modules) if reconstruct else None
+    stages = recovery_stages(finetune_epochs=finetune_epochs, seed=seed, reconstruct_from=rebuild)
     metrics.update(recover(pruned, bundle, stages=stages, device=device, log=log))
     metrics["finetune_epochs"] = finetune_epochs
     metrics.update(extra or {})
@@ -113,7 +116,9 @@ def summary(plan: Plan, problem: Problem) -> str:
             else "."
         ),
         "",
-        f"Search: {cost(m)}. Fine-tuned: " + (f"{epochs:g} epochs." if epochs > 0 else "no."),
+        f"Search: {cost(m)}. Fine-tuned: "
+        + (f"{epochs:g} epochs." if epochs > 0 else "no.")
+        + (f" Reconstruction: {m['reconstruction']}." if "reconstruction" in m else ""),
         "",
         "| stage | val acc | test acc |",
         "|---|---|---|",

@@ -256,6 +256,7 @@ def _execute(
         run.path,
         method=config.method,
         finetune_epochs=config.finetune_epochs,
+        reconstruct=config.reconstruct,
         seed=config.seed,
         extra={
             "evaluations": tracker.count,
