@@ -1,10 +1,10 @@
 """Recovery without a training loop: BN recalibration vs least-squares reconstruction vs a 1-epoch fine-tune.
 
 For the plan of every finished run in the given study directories (as written by `bench/quality.py`), measures
-test and validation accuracy of the pruned network: as cut, after BN recalibration (20 batches of 128, what
-`finalize` does), after reconstruction (`autoprune.reconstruct`, 256 training images), and after the same
-1-epoch fine-tune the quality study uses (from the BN-recalibrated network), plus the reconstruction's wall time
-and peak memory. Writes a markdown table.
+test and validation accuracy of the pruned network after BN recalibration (20 batches of 128, what `finalize`
+does), after reconstruction (`autoprune.reconstruct`, 256 training images) of the network as cut, after that
+and BN recalibration, and after the same 1-epoch fine-tune the quality study uses (from the BN-recalibrated
+network), plus the reconstruction's wall time and peak memory. Writes a markdown table.
 
     python bench/reconstruction.py bench/runs/quality-resnet56 --model resnet56 \
         --weights ../shared/models/resnet56-cifar10jpeg.pt --data-dir ../shared/data/cifar10-jpeg.tar.gz \
@@ -41,7 +41,6 @@ def measure(plan: Plan, model: torch.nn.Module, bundle, finetune_epochs: float, 
         row[f"val_{stage}"], row[f"test_{stage}"] = evaluate(net, val), evaluate(net, test)
 
     pruned = plan.apply(model).eval()
-    score("pruned", pruned)
     recal = [b for _, b in zip(range(20), bundle.loader("train", 128, shuffle=True, seed=0), strict=False)]
     recalibrated = copy.deepcopy(pruned)
     recalibrate_bn(recalibrated, recal)
@@ -55,6 +54,8 @@ def measure(plan: Plan, model: torch.nn.Module, bundle, finetune_epochs: float, 
     row["recon_peak_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024
     row["recon_layers"] = len(report.layers)
     score("recon", pruned)
+    recalibrate_bn(pruned, recal)
+    score("recon_bn", pruned)
     if finetune_epochs > 0:
         train(recalibrated, bundle, epochs=finetune_epochs, seed=0)
         score("ft", recalibrated.eval())
@@ -62,12 +63,13 @@ def measure(plan: Plan, model: torch.nn.Module, bundle, finetune_epochs: float, 
 
 
 COLUMNS = [
-    ("test_pruned", "test pruned"),
     ("test_bn", "test +BN"),
     ("test_recon", "test +recon"),
+    ("test_recon_bn", "test +recon +BN"),
     ("test_ft", "test +FT"),
     ("val_bn", "val +BN"),
     ("val_recon", "val +recon"),
+    ("val_recon_bn", "val +recon +BN"),
 ]
 
 
@@ -116,22 +118,22 @@ def main() -> None:
         else {}
     )
     rows = []
-    for study in args.studies:
-        for run in sorted(p.parent for p in study.glob("*/plan.json")):
-            if args.runs and run.name not in args.runs:
-                continue
-            if run.name not in done:
-                start = time.perf_counter()
-                row = {
-                    "run": run.name,
-                    **measure(Plan.load(run / "plan.json"), model, bundle, args.finetune_epochs, args.images),
-                }
-                row["seconds"] = time.perf_counter() - start
-                with partial.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                done[run.name] = row
-                print(f"{run.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "run"), flush=True)
-            rows.append(done[run.name])
+    found = [p.parent for study in args.studies for p in sorted(study.glob("*/plan.json"))]
+    if args.runs:  # in the order given
+        found = [r for name in args.runs for r in found if r.name == name]
+    for run in found:
+        if run.name not in done:
+            start = time.perf_counter()
+            row = {
+                "run": run.name,
+                **measure(Plan.load(run / "plan.json"), model, bundle, args.finetune_epochs, args.images),
+            }
+            row["seconds"] = time.perf_counter() - start
+            with partial.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            done[run.name] = row
+            print(f"{run.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "run"), flush=True)
+        rows.append(done[run.name])
     header = (
         f"# Recovery without training: BN recalibration vs reconstruction vs 1-epoch fine-tune ({args.model})\n\n"
         f"Command: `python bench/reconstruction.py {' '.join(str(s) for s in args.studies)} --model {args.model} "

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from torch import nn
 
 from autoprune.graph import build_channel_graph
 from autoprune.masking import ChannelMasker
 from autoprune.models import build_model
+from autoprune.plan import Plan
 from autoprune.pruning import apply_kept_channels
 from autoprune.reconstruct import Targets, layers_to_refit, reconstruct
 
@@ -148,3 +151,16 @@ def test_targets_computed_once_serve_every_plan(resnet20) -> None:
         assert report.images == len(x)  # only the pruned pass: the unpruned one was paid once
         for a, b in zip(fresh.parameters(), cached.parameters(), strict=True):
             torch.testing.assert_close(a, b)
+
+
+def test_search_scores_with_reconstruction_from_the_cli(tmp_path, cache_dir) -> None:
+    out = tmp_path / "run"
+    args = ["search", "--evaluations", "3", "--rollout", "3", "--eval-samples", "100", "--out", str(out)]
+    result = run_cli(*args, "--score-with-reconstruction", "--no-reconstruct")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["problem"]["score_with_reconstruction"] is True
+    metrics = Plan.load(out / "plan.json").metrics
+    assert "test_acc_reconstructed" not in metrics  # --no-reconstruct: the final plan is only recalibrated
+    refused = run_cli(*args[:-1], str(tmp_path / "other"), "--score-with-reconstruction", "--recalibrate-batches", "0")
+    assert refused.returncode == 2 and "--recalibrate-batches" in refused.stderr
