@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import networkx as nx
 import numpy as np
 import pytest
@@ -80,11 +78,10 @@ def test_output_layer_and_ignore_list_are_marked(resnet20_graph) -> None:
         build_channel_graph(model, torch.zeros(1, 3, 32, 32), ignore=["nope"])
 
 
-def test_resnet56_converts_fast_with_linear_edges() -> None:
+def test_resnet56_graph_has_linear_edges() -> None:
+    """(Conversion time is a benchmark, bench/generality.py, not a timed test.)"""
     model = build_model("resnet56").eval()
-    start = time.perf_counter()
     graph = build_channel_graph(model, torch.zeros(1, 3, 32, 32))
-    assert time.perf_counter() - start < 5.0
     feats = GraphFeatures(graph)
     channels = sum(layer.out_channels for layer in graph.layers.values())
     # Edges grow with (channel, module) incidences: a small constant times the channels, never all-to-all.
