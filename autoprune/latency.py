@@ -2,15 +2,15 @@
 
 FLOPs do not say how fast a pruned network runs: per-layer overheads, memory traffic and the kernels a width
 selects all count (on this project's CPU, ResNet-56 plans at 50% FLOPs ran only 1.3× faster at batch 1,
-`bench/results/latency.md`). Like NetAdapt and HALP, the table times every distinct weight layer (conv, linear;
-same class, kernel, stride, input size) on the device at a grid of kept input × output channel fractions, and
-interpolates bilinearly between grid points. Layers timed alone do not add up to the network (BatchNorm,
-activations, adds and Python overhead are not timed; caches are warmer or colder), so the sum is mapped onto
-end-to-end timings of real pruned models at uniform widths: `estimate = scale · Σ table + constant`, with the
-constant in [0, 95%] of the unpruned time chosen for the smallest relative error and the scale making the
-estimate of the unpruned model exactly its measured latency. Ratios are fractions of that measurement; the
-estimate is positive and never falls when a channel is added.
-Held-out pruned models (random widths) are timed too, and their relative errors are kept with the table.
+`bench/results/latency.md`). Like NetAdapt and HALP, the table times every distinct layer (conv, linear; same
+class, kernel, stride, input size; BatchNorm and pooling along their one channel axis) on the device at a grid
+of kept input × output channel fractions, and interpolates bilinearly between grid points. Layers timed alone do
+not add up to the network (activations, adds and Python overhead are not timed; caches are warmer or colder), so
+the sum is mapped onto end-to-end timings of real pruned models (uniform widths, and random widths per group):
+`estimate = scale · Σ table + constant`, with the constant in [0, 95%] of the unpruned time chosen for the
+smallest relative error and the scale making the estimate of the unpruned model exactly its measured latency.
+Ratios are fractions of that measurement; the estimate is positive and never falls when a channel is added.
+Two more pruned models with random widths are held out, and their relative errors are kept with the table.
 
 A table is cached under `<cache>/latency/`, keyed by the model's fingerprint, the input shape, the batch size and
 the device (CPU model and torch threads, or the GPU's name, and the torch version); a table measured elsewhere or
@@ -36,12 +36,22 @@ from autoprune.atomic import atomic_write_text
 from autoprune.data.cache import cache_dir as default_cache_dir
 from autoprune.graph.channel_graph import ChannelGraph
 
-GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
+GRID = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 """Kept-channel fractions at which each distinct layer is timed (inputs × outputs)."""
 CALIBRATION_WIDTHS = (0.25, 0.5, 0.75)
-"""Uniform widths of the pruned models that fit the untabled remainder (with the unpruned model)."""
-TABLE_VERSION = 2
-TABLED = ("conv", "dwconv", "gconv", "linear")
+"""Uniform widths of the pruned models that map the table onto end-to-end times (with the unpruned model)."""
+RANDOM_CALIBRATION = 3
+"""Pruned models with a random width per group that take part in the mapping: networks the search proposes mix
+widths, and on this project's CPU uniform widths alone left random-width networks 8-22% slower than estimated."""
+ALIGN = 8
+"""Channel multiple a latency search rounds widths to when the table finds other widths slow (`rounding`)."""
+MISALIGNMENT_PAYS = 1.1
+"""Rounding is chosen when layers one channel short of full width run this many times slower than full width."""
+TABLE_VERSION = 5
+TABLED = ("conv", "dwconv", "gconv", "linear", "bn", "pool")
+ONE_AXIS = (nn.modules.batchnorm._BatchNorm, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+            nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)  # fmt: skip
+"""Layers whose time depends on one channel count (BatchNorm, pooling): timed along the output axis only."""
 
 
 def device_key(device: torch.device | str) -> str:
@@ -102,6 +112,8 @@ class LatencyTable:
         base_seconds: measured seconds of the unpruned model (the estimate's value at the full mask).
         remainder: (scale of the table's sum, constant seconds) mapping the table onto end-to-end times.
         validation: `[estimated, measured]` seconds of held-out pruned models.
+        misalignment: time of the tabled layers one channel short of full width (in and out) over their time at
+            full width: above 1, widths off the kernels' vector multiples cost more than their FLOPs say.
         from_cache: whether this table was read from the cache rather than measured.
     """
 
@@ -114,6 +126,7 @@ class LatencyTable:
     base_seconds: float
     remainder: tuple[float, float] = (1.0, 0.0)
     validation: list[list[float]] = field(default_factory=list)
+    misalignment: float = 1.0
     from_cache: bool = False
 
     # -- estimates ---------------------------------------------------------------------------------------------
@@ -180,6 +193,7 @@ class LatencyTable:
             "base_seconds": self.base_seconds,
             "remainder": list(self.remainder),
             "validation": self.validation,
+            "misalignment": self.misalignment,
         }
 
     @classmethod
@@ -194,6 +208,7 @@ class LatencyTable:
             base_seconds=float(doc["base_seconds"]),
             remainder=(float(doc["remainder"][0]), float(doc["remainder"][1])),
             validation=[[float(a), float(b)] for a, b in doc["validation"]],
+            misalignment=float(doc["misalignment"]),
         )
 
 
@@ -260,17 +275,28 @@ def measure_table(
     names = list(graph.layers)
     modules = dict(model.named_modules())
     shapes = _input_shapes(model, graph, names, device)
-    tabled = [n for n in names if graph.layers[n].kind in TABLED and n in shapes and _rebuild(modules[n], 1, 1)]
-    full_in = np.array([_channels(modules[n])[0] for n in tabled], dtype=np.float64)
-    full_out = np.array([_channels(modules[n])[1] for n in tabled], dtype=np.float64)
+    tabled = [
+        n for n in names
+        if graph.layers[n].kind in TABLED and n in shapes and len(shapes[n]) >= 1 and _rebuild(modules[n], 1, 1)
+    ]  # fmt: skip
+    full_in = np.array([_channels(modules[n], shapes[n])[0] for n in tabled], dtype=np.float64)
+    full_out = np.array([_channels(modules[n], shapes[n])[1] for n in tabled], dtype=np.float64)
     times = np.zeros((len(tabled), len(GRID), len(GRID)))
     measured: dict[tuple, np.ndarray] = {}
+    short = full = 0.0
     for k, name in enumerate(tabled):
         module, shape = modules[name], shapes[name]
         signature = (repr(module), shape)
         if signature not in measured:
             measured[signature] = _time_grid(module, shape, batch, device, repeats)
+            c_in, c_out = _channels(module, shape)
+            if min(c_in, c_out) > ALIGN and not isinstance(module, (nn.Linear, *ONE_AXIS)):
+                fractions = ((c_in - 1) / c_in, (c_out - 1) / c_out)
+                measured[signature, "short"] = _time_grid(module, shape, batch, device, repeats, [fractions])[0, 0]
         times[k] = measured[signature]
+        if (signature, "short") in measured:
+            short += measured[signature, "short"]
+            full += times[k, -1, -1]
     # Adding channels never makes a layer faster: timing noise that says so would break the search's bisection.
     times = np.maximum.accumulate(np.maximum.accumulate(times, axis=1), axis=2)
     table = LatencyTable(
@@ -281,9 +307,11 @@ def measure_table(
         full_out=full_out,
         times=times,
         base_seconds=1.0,
+        misalignment=short / full if full else 1.0,
     )
     rng = np.random.default_rng(seed)
     calibration = [graph.full_mask()] + [uniform_width(graph, w) for w in CALIBRATION_WIDTHS]
+    calibration += [random_widths(graph, rng) for _ in range(RANDOM_CALIBRATION)]
     held_out = [random_widths(graph, rng) for _ in range(2)]
     seconds = time_masks(model, graph, calibration + held_out, batch, device, repeats)
     _fit_remainder(table, graph, calibration, seconds[: len(calibration)])
@@ -378,9 +406,12 @@ def _input_shapes(model: nn.Module, graph: ChannelGraph, names: list[str], devic
     return shapes
 
 
-def _channels(module: nn.Module) -> tuple[int, int]:
+def _channels(module: nn.Module, shape: tuple[int, ...] | None = None) -> tuple[int, int]:
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
+    if isinstance(module, ONE_AXIS):
+        c = module.num_features if hasattr(module, "num_features") else shape[0]
+        return c, c
     return module.in_channels, module.out_channels
 
 
@@ -389,6 +420,10 @@ def _rebuild(module: nn.Module, fi: float, fo: float) -> nn.Module | None:
     if isinstance(module, nn.Linear):
         i, o = (max(1, round(f * c)) for f, c in ((fi, module.in_features), (fo, module.out_features)))
         return nn.Linear(i, o, bias=module.bias is not None)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return type(module)(max(1, round(fo * module.num_features)))
+    if isinstance(module, ONE_AXIS):  # pooling: no weights, the same module on fewer channels
+        return module
     if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and not getattr(module, "transposed", False):
         groups = module.groups
         if groups == module.in_channels == module.out_channels and groups > 1:  # depthwise: one width
@@ -403,18 +438,35 @@ def _rebuild(module: nn.Module, fi: float, fo: float) -> nn.Module | None:
     return None
 
 
-def _time_grid(module: nn.Module, shape: tuple[int, ...], batch: int, device: torch.device, repeats: int):
-    """Seconds of a layer like `module` at every grid fraction of kept inputs × outputs."""
-    out = np.zeros((len(GRID), len(GRID)))
+def _time_grid(
+    module: nn.Module, shape: tuple[int, ...], batch: int, device: torch.device, repeats: int, points=None
+) -> np.ndarray:
+    """Seconds of a layer like `module` at every grid fraction of kept inputs × outputs (or at `points`,
+    `[(fraction in, fraction out)]`, as a (len(points), 1) array)."""
+    grid = [(a, b, fi, fo) for a, fi in enumerate(GRID) for b, fo in enumerate(GRID)]
+    if points is not None:
+        grid = [(k, 0, fi, fo) for k, (fi, fo) in enumerate(points)]
+    out = np.zeros((len(GRID), len(GRID)) if points is None else (len(points), 1))
     channel_dim = 0 if not isinstance(module, nn.Linear) else len(shape) - 1
-    for a, fi in enumerate(GRID):
-        for b, fo in enumerate(GRID):
-            layer = _rebuild(module, fi, fo).to(device).eval()
-            in_channels = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
-            size = list(shape)
-            size[channel_dim] = in_channels
-            out[a, b] = time_forward(layer, torch.randn(batch, *size, device=device), repeats)
+    one_axis = isinstance(module, ONE_AXIS)
+    for a, b, fi, fo in grid:
+        if one_axis and a > 0 and points is None:  # the input fraction does not matter: copy the first row
+            out[a, b] = out[0, b]
+            continue
+        layer = _rebuild(module, fi, fo).to(device).eval()
+        size = list(shape)
+        if one_axis:
+            size[channel_dim] = max(1, round(fo * _channels(module, shape)[1]))
+        else:
+            size[channel_dim] = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+        out[a, b] = time_forward(layer, torch.randn(batch, *size, device=device), repeats)
     return out
+
+
+def rounding(table: LatencyTable) -> int:
+    """The channel multiple widths should be rounded to on the table's device: `ALIGN` where layers one channel
+    short of full width ran `MISALIGNMENT_PAYS` times slower than at full width, else 1."""
+    return ALIGN if table.misalignment >= MISALIGNMENT_PAYS else 1
 
 
 def threads_note() -> str:

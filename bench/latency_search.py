@@ -1,0 +1,210 @@
+"""Latency-constrained search and one search for several targets, measured on this machine.
+
+    OMP_NUM_THREADS=1 python bench/latency_search.py --weights ../shared/models/resnet56-cifar10jpeg.pt \
+        --multi-weights ../shared/models/resnet20-cifar10jpeg.pt --data-dir ../shared/data/cifar10-jpeg.tar.gz
+
+Writes bench/results/latency_search.md:
+
+1. `--target-latency 0.5` searches at batch 64 and batch 1 (ResNet-56), and a `--target-flops` search whose FLOPs
+   budget is the one at which uniform widths hit 50% latency in the batch-64 table: the FLOPs a user would ask for
+   to get that latency. Each plan's latency is measured end to end, paired round-robin with the unpruned model
+   (the ratio is the median over rounds of pruned / unpruned time in the same round), next to the table's
+   estimate, with test accuracy after BN recalibration.
+2. One `--targets 0.3,0.5,0.7` search (FLOPs) against three single-target searches with a third of its
+   evaluations each (ResNet-20 by default, to keep the study short).
+
+Everything runs in this process with the torch threads fixed (`--threads`); the load average is recorded at the
+start and the end, since timings on a shared machine are only as good as its quiet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoprune.latency import latency_table, uniform_width
+from autoprune.plan import Plan
+from autoprune.problem import ProblemConfig, load_problem
+from autoprune.search.config import SearchConfig
+from autoprune.search.runner import run_search
+
+
+def load() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def paired_ratios(models: list[torch.nn.Module], x: torch.Tensor, rounds: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per round, each model's forward time over the first model's (the unpruned one) in the same round."""
+    times = np.zeros((rounds, len(models)))
+    with torch.no_grad():
+        for _ in range(3):
+            for m in models:
+                m(x)
+        for r in range(rounds):
+            for k, m in enumerate(models):
+                start = time.perf_counter()
+                m(x)
+                times[r, k] = time.perf_counter() - start
+    return [times[:, k] / times[:, 0] for k in range(len(models))], times
+
+
+def search(config: SearchConfig, runs: Path, name: str, reuse: bool) -> Path:
+    config.out = str(runs / name)
+    if not (reuse and (runs / name / "summary.md").is_file()):
+        if (runs / name).exists():
+            raise SystemExit(f"{runs / name} exists; remove it or pass --reuse")
+        start = time.perf_counter()
+        run_search(config, progress=False)
+        print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
+    return runs / name
+
+
+def latency_study(args, runs: Path) -> list[str]:
+    problem_config = ProblemConfig(
+        model=args.model, weights=args.weights, data_dir=args.data_dir, eval_samples=args.eval_samples, device="cpu"
+    )
+    problem = load_problem(problem_config)
+    graph, model = problem.graph, problem.model
+    tables = {b: latency_table(model, graph, b, "cpu", cache_dir=args.cache_dir) for b in args.batches}
+    # The FLOPs budget at which uniform widths meet 50% of the batch-64 latency (what a FLOPs user would ask for).
+    widths = np.linspace(0.2, 1.0, 81)
+    table = tables[max(args.batches)]
+    w = widths[np.argmin([abs(table.ratio(graph, uniform_width(graph, w)) - args.target) for w in widths])]
+    flops_budget = round(graph.flops(uniform_width(graph, w)) / graph.base_flops, 3)
+    base = {"problem": problem_config, "evaluations": args.evaluations, "seed": args.seed, "target_flops": None}
+    plans = {}
+    for b in args.batches:
+        config = SearchConfig(**base, target_latency=args.target, latency_batch=b)
+        plans[f"latency ≤ {args.target:.0%} @ batch {b}"] = search(config, runs, f"latency-b{b}", args.reuse)
+    config = SearchConfig(**{**base, "target_flops": flops_budget})
+    plans[f"FLOPs ≤ {flops_budget:.1%}"] = search(config, runs, "flops", args.reuse)
+    loaded = {name: Plan.load(path / "plan.json") for name, path in plans.items()}
+    nets = [model.eval()] + [plan.apply(model).eval() for plan in loaded.values()]
+    lines = [
+        f"### 1. Latency budget vs FLOPs budget ({args.model}, {args.evaluations} evaluations each)",
+        "",
+        f"FLOPs budget of the FLOPs search: {flops_budget:.1%} (uniform widths at {w:.2f} meet "
+        f"{args.target:.0%} of the batch-{max(args.batches)} latency in the table). Measured: median over "
+        f"{args.rounds} paired rounds of pruned / unpruned forward time (interquartile range); estimate: the "
+        "search's latency table for that batch; error = estimate / measured − 1.",
+        "",
+        "| plan | FLOPs | params | " + " | ".join(
+            f"batch {b}: measured (IQR) | estimate | error" for b in args.batches
+        ) + " | test acc + BN recal. | val (search) |",
+        "|---" * (5 + 3 * len(args.batches)) + "|",
+    ]  # fmt: skip
+    measured = {}
+    for b in args.batches:
+        x = torch.randn(b, *graph.input_shape)
+        ratios, times = paired_ratios(nets, x, args.rounds if b > 1 else args.rounds * 5)
+        measured[b] = ratios
+        lines_b = f"batch {b}: unpruned {np.median(times[:, 0]) * 1e3:.2f} ms"
+        print(lines_b, flush=True)
+    for k, (name, plan) in enumerate(loaded.items(), start=1):
+        cells = []
+        for b in args.batches:
+            q1, med, q3 = np.percentile(measured[b][k], [25, 50, 75])
+            est = tables[b].ratio(graph, np.asarray(plan.mask))
+            cells.append(f"{med:.3f} ({q1:.3f}-{q3:.3f}) | {est:.3f} | {est / med - 1:+.1%}")
+        m, a = plan.metrics, plan.achieved
+        lines.append(
+            f"| {name} | {a['flops_ratio']:.1%} | {a['params_ratio']:.1%} | " + " | ".join(cells)
+            + f" | {m['test_acc_recalibrated']:.2%} | {m['search_val_acc_best']:.2%} |"
+        )  # fmt: skip
+    for b in args.batches:
+        t = tables[b]
+        lines.append(
+            f"\nTable at batch {b}: unpruned {t.base_seconds * 1e3:.2f} ms when measured; held-out random-width "
+            f"models: estimate / measured − 1 = {', '.join(f'{e / m_ - 1:+.1%}' for e, m_ in t.validation)}; "
+            f"{'read from the cache' if t.from_cache else 'measured for this run'}."
+        )
+    return lines
+
+
+def multi_study(args, runs: Path) -> list[str]:
+    problem = ProblemConfig(
+        model=args.multi_model, weights=args.multi_weights, data_dir=args.data_dir, eval_samples=args.eval_samples,
+        device="cpu",
+    )  # fmt: skip
+    targets = (0.3, 0.5, 0.7)
+    base = {"problem": problem, "seed": args.seed, "target_flops": None}
+    one = search(SearchConfig(**base, evaluations=args.multi_evaluations, targets=targets), runs, "multi", args.reuse)
+    share = args.multi_evaluations // len(targets)
+    lines = [
+        "",
+        f"### 2. One 3-target search ({args.multi_evaluations} evaluations) vs three searches of {share} each "
+        f"({args.multi_model}, FLOPs)",
+        "",
+        "| target | one search: FLOPs | val (search) | test + BN recal. | separate: FLOPs | val (search) | "
+        "test + BN recal. |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in targets:
+        single = search(
+            SearchConfig(**{**base, "target_flops": t}, evaluations=share), runs, f"single-{t:g}", args.reuse
+        )
+        a, b = Plan.load(one / f"flops-{t:g}" / "plan.json"), Plan.load(single / "plan.json")
+        cells = [
+            f"{p.achieved['flops_ratio']:.1%} | {p.metrics['search_val_acc_best']:.2%} | "
+            f"{p.metrics['test_acc_recalibrated']:.2%}"
+            for p in (a, b)
+        ]
+        lines.append(f"| {t:.0%} | {cells[0]} | {cells[1]} |")
+    front = json.loads((one / "front.json").read_text())["front"]
+    lines.append(f"\nThe one search's front (`{one}/front.png`, `front.json`) holds {len(front)} masks.")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet56")
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--multi-model", default="resnet20")
+    parser.add_argument("--multi-weights", default=None)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--target", type=float, default=0.5)
+    parser.add_argument("--batches", default="64,1")
+    parser.add_argument("--evaluations", type=int, default=40)
+    parser.add_argument("--multi-evaluations", type=int, default=60)
+    parser.add_argument("--eval-samples", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=30, help="paired timing rounds at batch 64 (5x at batch 1)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--runs", default="bench/runs/latency-search")
+    parser.add_argument("--reuse", action="store_true", help="reuse finished runs in --runs")
+    parser.add_argument("--skip-multi", action="store_true")
+    parser.add_argument("--out", default="bench/results/latency_search.md")
+    args = parser.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",")]
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    runs = Path(args.runs)
+    started, load_start = time.strftime("%Y-%m-%d %H:%M"), load()
+    lines = latency_study(args, runs)
+    if not args.skip_multi:
+        lines += multi_study(args, runs)
+    header = [
+        "# Latency-constrained search and one search for several targets",
+        "",
+        f"Command: `OMP_NUM_THREADS=1 python bench/latency_search.py {' '.join(sys.argv[1:])}`; machine: "
+        f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU, torch {torch.__version__}; "
+        f"started {started}, finished {time.strftime('%H:%M')}; load average at the start {load_start}, at the "
+        f"end {load()} (the machine has 2 cores).",
+        "",
+    ]  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(header + lines) + "\n")
+    print("\n".join(header + lines))
+
+
+if __name__ == "__main__":
+    main()
