@@ -179,7 +179,8 @@ def write_table(source: Path, target: Path) -> None:
         "applies to a fresh copy and gives the same outputs. `work s` is conversion (with validation), pruning "
         "and the checks; `wall s` adds the process start, imports and building the model.",
         "",
-        "Command: `OMP_NUM_THREADS=1 python bench/generality.py && python bench/generality.py --table`",
+        "Command: `OMP_NUM_THREADS=1 python bench/generality.py && python bench/generality.py --table` "
+        f"(table written {time.strftime('%Y-%m-%d')}; torchvision installed as `bench/README.md` says).",
         "",
         f"**{count} of {len(rows)} pass** (convert, prune at 50% FLOPs, masked = pruned, plan applies); "
         f"{fast} of them with under 60 s of work, {fast_wall} under 60 s wall time.",

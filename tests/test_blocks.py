@@ -221,6 +221,7 @@ def test_grouped_convolution_keeps_equal_groups() -> None:
     # One decision per position inside a conv group: width / groups of them, each removing one channel per group.
     assert sizes["block1.conv1"] == sizes["block1.conv2"] == 16 // 4
     assert sizes["block2.conv1"] == sizes["block2.conv2"] == 24 // 3
+    assert {g.root: g.blocks for g in graph.prunable_groups}["block2.conv2"] == 3
     keep = graph.full_mask()
     group = next(g for g in graph.prunable_groups if g.root == "block2.conv1")
     keep[group.offset : group.offset + 3] = 0

@@ -29,6 +29,8 @@ def fold_channel_blocks(
 ) -> tuple[int, list[GroupMember], str]:
     """The group's decisions after folding its equal blocks: (size, members, reason it cannot be pruned or "").
 
+    The number of blocks is `traced.size // size` when the reason is empty.
+
     Args:
         traced: the group as torch-pruning found it.
         layers: the graph's layers by name (`Layer.kind` "gconv" and `Layer.groups` mark grouped convolutions).

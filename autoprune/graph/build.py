@@ -240,7 +240,7 @@ def _groups(trace, layers, ignore: set[str], min_channels: int) -> list[ChannelG
     groups = []
     for traced in trace.groups:
         size, members, unfit = fold_channel_blocks(traced, layers, trace.split_sizes, trace.node_names)
-        g = ChannelGroup(index=len(groups), root=traced.root, size=size, members=members)
+        g = ChannelGroup(index=len(groups), root=traced.root, size=size, members=members, blocks=traced.size // size)
         outs = [m.module for m in g.members if m.side == OUT and m.module]
         ignored = [n for n in outs if n in ignore]
         if ignored:

@@ -70,6 +70,9 @@ class ChannelGroup:
         prunable: whether the search may prune this group.
         reason: why not, when `prunable` is False.
         offset: index of the group's first decision in a keep-mask (-1 when not prunable).
+        blocks: equal channel blocks the group was folded into (grouped convs, chunks, attention heads; see
+            `autoprune.graph.blocks`): torch-pruning's group has `size * blocks` channels, and decision `j` is its
+            root channels `j + k * size`.
     """
 
     index: int
@@ -79,6 +82,7 @@ class ChannelGroup:
     prunable: bool = True
     reason: str = ""
     offset: int = -1
+    blocks: int = 1
 
     @property
     def modules(self) -> list[str]:
