@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument("--runs", default="bench/runs/latency-search")
     parser.add_argument("--reuse", action="store_true", help="reuse finished runs in --runs")
     parser.add_argument("--skip-multi", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--out", default="bench/results/latency_search.md")
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
@@ -189,7 +190,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     runs = Path(args.runs)
     started, load_start = time.strftime("%Y-%m-%d %H:%M"), load()
-    lines = latency_study(args, runs)
+    lines = [] if args.skip_latency else latency_study(args, runs)
     if not args.skip_multi:
         lines += multi_study(args, runs)
     header = [
