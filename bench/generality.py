@@ -130,7 +130,7 @@ def passed(row: dict) -> bool:
     )
 
 
-def run_all(names: list[str], out: Path, timeout: int) -> None:
+def run_all(names: list[str], out: Path, timeout: int, memory_gb: float) -> None:
     done = set()
     if out.exists():
         done = {json.loads(line)["model"] for line in out.read_text().splitlines() if line.strip()}
@@ -140,7 +140,10 @@ def run_all(names: list[str], out: Path, timeout: int) -> None:
         start = time.perf_counter()
         try:
             proc = subprocess.run(
-                [sys.executable, __file__, "--one", name], capture_output=True, text=True, timeout=timeout
+                [sys.executable, __file__, "--one", name, "--memory-gb", str(memory_gb)],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
             )
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             if proc.returncode == 0 and lines:
@@ -212,18 +215,28 @@ def main() -> None:
     parser.add_argument("--models", default=None, help="comma-separated names (default: all classification models)")
     parser.add_argument("--out", type=Path, default=RESULTS / "generality.jsonl")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per model")
+    parser.add_argument("--memory-gb", type=float, default=10.0, help="address-space limit per model process")
     parser.add_argument("--table", action="store_true", help="write the markdown table from --out and exit")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.one:
+        import resource
         import warnings
 
         import torch
 
+        # Torch-pruning's tracing of some models (Swin V2) grows past 19 GB: fail alone, not the machine.
+        limit = int(args.memory_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         warnings.filterwarnings("ignore")
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-        row = run_one(args.one)
+        try:
+            row = run_one(args.one)
+        except (MemoryError, RuntimeError) as exc:
+            if not isinstance(exc, MemoryError) and "alloc" not in str(exc):
+                raise
+            row = {"model": args.one, "ok": False, "reason": f"out of memory (limit {args.memory_gb:g} GiB)"}
         import torchvision
 
         row["torchvision"] = torchvision.__version__
@@ -235,7 +248,7 @@ def main() -> None:
     models = import_torchvision_models()
     names = args.models.split(",") if args.models else models.list_models(module=models)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    run_all(names, args.out, args.timeout)
+    run_all(names, args.out, args.timeout, args.memory_gb)
 
 
 if __name__ == "__main__":

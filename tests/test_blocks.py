@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from autoprune.errors import AutopruneError
 from autoprune.graph import build_channel_graph
 from autoprune.masking import ChannelMasker
 from autoprune.plan import Plan
@@ -295,3 +296,10 @@ def test_layer_norm_keeps_its_channels_in_order() -> None:
     weight = norm.weight.detach().clone()
     pruner_for(norm).prune_out_channels(norm, [i for i in range(16) if i % 4 != 3])  # keep 3, 7, 11, 15
     assert torch.equal(norm.weight.detach(), weight[3::4])  # torch-pruning 1.6 alone permutes them
+
+
+def test_a_model_torch_pruning_cannot_trace_is_one_line() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(5, 2))  # the linear layer does not fit
+    with pytest.raises(AutopruneError, match="cannot trace the model with torch-pruning: RuntimeError") as err:
+        build_channel_graph(model, torch.zeros(1, *SHAPE))
+    assert "\n" not in str(err.value)

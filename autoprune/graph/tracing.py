@@ -98,8 +98,9 @@ def trace_groups(model: nn.Module, example_input: torch.Tensor) -> Trace:
             )
             tp_groups = list(dg.get_all_groups(ignored_layers=[], root_module_types=(nn.Conv2d, nn.Conv1d, nn.Linear)))
     except Exception as exc:  # torch-pruning raises many types on untraceable models
-        summary = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise AutopruneError(f"cannot trace the model with torch-pruning: {type(exc).__name__}: {summary}") from exc
+        text = str(exc).strip()
+        summary = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+        raise AutopruneError(f"cannot trace the model with torch-pruning: {summary}") from exc
     finally:
         for h in hooks:
             h.remove()
