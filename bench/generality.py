@@ -30,6 +30,13 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 SMALL_SIZE = 128
 """Spatial size of the input, to save CPU: the convolutional models take any size this large."""
+NOTES = (
+    "Notes (2026-11-30 run): MaxViT also timed out with 600 s (validation bisects many broken groups at 224 "
+    "pixels); Swin V2's tracing inside torch-pruning grew past 19 GB before the per-model memory limit (10 GiB) "
+    "was added. ViT's embedding group is frozen because torchvision's ViT reshapes by `self.hidden_dim`, a width "
+    "written in its code; its MLP widths are pruned. Times are on a machine shared with other sessions (load "
+    "average 5-7 on 2 cores), so they are upper bounds."
+)
 BUDGET = 0.5
 TOLERANCE = 1e-4
 
@@ -206,6 +213,7 @@ def write_table(source: Path, target: Path) -> None:
             f"{r['groups']} ({r['prunable_groups']}) | {r['prunable_share']:.1%} | {diff} | {err} | "
             f"{'yes' if r.get('plan_applies') else 'no'} | {frozen.replace('|', '/')} |"
         )
+    lines += ["", NOTES]
     target.write_text("\n".join(lines) + "\n")
     print(f"wrote {target}: {count}/{len(rows)} pass")
 
