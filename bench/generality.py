@@ -31,8 +31,8 @@ RESULTS = Path(__file__).parent / "results"
 SMALL_SIZE = 128
 """Spatial size of the input, to save CPU: the convolutional models take any size this large."""
 NOTES = (
-    "Notes (2026-11-30 run): MaxViT also timed out with 600 s (validation bisects many broken groups at 224 "
-    "pixels); Swin V2's tracing inside torch-pruning grew past 19 GB before the per-model memory limit (10 GiB) "
+    "Notes (2026-11-30 run): MaxViT also timed out with 600 s at 224 pixels (where the time goes was not "
+    "measured); Swin V2's tracing inside torch-pruning grew past 19 GB before the per-model memory limit (10 GiB) "
     "was added. ViT's embedding group is frozen because torchvision's ViT reshapes by `self.hidden_dim`, a width "
     "written in its code; its MLP widths are pruned. Times are on a machine shared with other sessions (load "
     "average 5-7 on 2 cores), so they are upper bounds."
