@@ -310,3 +310,24 @@ def test_allocation_cuts_by_drop_per_cost() -> None:
     first = graph.prunable_groups[0]
     assert keep[first.offset : first.offset + first.size].all()
     assert graph.flops(keep) / graph.base_flops <= 0.5 + 1e-9
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "taylor"])
+def test_group_importance_of_folded_groups(criterion) -> None:
+    """Grouped convs and attention heads fold into blocks (one decision per position in a block): torch-pruning's
+    group of size × blocks channels gives one score per decision, so the global ranking runs on them."""
+    from test_blocks import SHAPE, TinyResNeXt, TinyViT, randomize
+
+    from autoprune.agents.baselines.common import group_importance
+
+    for cls in (TinyResNeXt, TinyViT):
+        torch.manual_seed(0)
+        model = randomize(cls()).eval()
+        graph = build_channel_graph(model, torch.zeros(1, *SHAPE))
+        assert any(g.blocks > 1 for g in graph.prunable_groups)
+        x = torch.randn(8, *SHAPE)
+        batches = [(x, torch.randint(0, 10, (8,)))]
+        scores = group_importance(model, torch.zeros(1, *SHAPE), graph, criterion, batches)
+        assert scores.shape == (graph.num_decisions,) and np.isfinite(scores).all()
+        folded = next(g for g in graph.prunable_groups if g.blocks > 1)
+        assert len(set(scores[folded.offset : folded.offset + folded.size].round(9))) > 1

@@ -138,16 +138,17 @@ def group_importance(
             tp_groups[(names.get(group[0].dep.target.module, ""), len(group[0].idxs))] = group
         scores = l1_priority(graph).copy()  # kept for groups torch-pruning finds no weights in
         for g in graph.prunable_groups:
-            group = tp_groups.get((g.root, g.size))
+            group = tp_groups.get((g.root, g.size * g.blocks))
             if group is None:
                 raise AutopruneError(
-                    f"torch-pruning has no group rooted at {g.root!r} with {g.size} channels: "
+                    f"torch-pruning has no group rooted at {g.root!r} with {g.size * g.blocks} channels: "
                     "build the channel graph from this same model"
                 )
             values = importance(group)
             if values is not None:
-                # torch-pruning indexes importance by root channel, which is the decision's position in the group.
-                values = values.detach().double().cpu().numpy()
+                # torch-pruning indexes importance by root channel; a group folded into equal blocks (grouped
+                # convs, heads) has one decision per position in a block: its channels' mean, as torch-pruning does.
+                values = values.detach().double().cpu().numpy().reshape(g.blocks, g.size).mean(0)
                 scores[g.offset : g.offset + g.size] = np.nan_to_num(values, nan=0.0, posinf=0.0)
         return scores
     finally:
