@@ -86,7 +86,7 @@ def reconstruction(
 
     It re-fits the layers that lost input channels on `images` training images and keeps the unpruned model's BN
     statistics, which fit outputs re-fitted to match the unpruned ones (re-estimating them after the re-fit was
-    0.5-2.1 points worse on the test split for the three ResNet-56 plans of bench/results/reconstruction.md). The
+    0.5-2.1 points worse on the test split for the four ResNet-56 plans of bench/results/reconstruction.md). The
     re-fitted model replaces the one it is given only if it is at least as accurate on the validation split, so
     the stage never lowers validation accuracy; the metric `reconstruction` says which happened.
     """
