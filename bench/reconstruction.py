@@ -1,7 +1,7 @@
 """Recovery without a training loop: BN recalibration vs least-squares reconstruction vs a 1-epoch fine-tune.
 
 For the plan of every finished run in the given study directories (as written by `bench/quality.py`), measures
-test and validation accuracy of the pruned network after BN recalibration (20 batches of 128, what `finalize`
+test and validation accuracy of the pruned network after BN recalibration (20 batches of 128, what a search's `finish`
 does), after reconstruction (`autoprune.reconstruct`, 256 training images) of the network as cut, after that
 and BN recalibration, and after the same 1-epoch fine-tune the quality study uses (from the BN-recalibrated
 network), plus the reconstruction's wall time and peak memory. Writes a markdown table.

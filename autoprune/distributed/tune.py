@@ -207,7 +207,7 @@ def _report(base: SearchConfig, spec: TuneSpec, grid: Any) -> dict[str, Any]:
 
     from autoprune.constraints import Constraints
     from autoprune.problem import load_problem
-    from autoprune.search.report import finalize
+    from autoprune.search.report import finish
 
     out = Path(base.out)
     rows = []
@@ -242,7 +242,7 @@ def _report(base: SearchConfig, spec: TuneSpec, grid: Any) -> dict[str, Any]:
         "trials_complete": len(finished),
         **{f"best_{k}": best[k] for k in KNOBS[spec.method] if k in best},  # plan metrics are scalars
     }
-    metrics = finalize(
+    metrics = finish(
         problem,
         constraints,
         np.asarray(best["best_keep"], dtype=np.int8),
@@ -252,7 +252,8 @@ def _report(base: SearchConfig, spec: TuneSpec, grid: Any) -> dict[str, Any]:
         finetune_epochs=base.finetune_epochs,
         seed=base.seed,
         extra=extra,
-    )
+        reconstruct=base.reconstruct,
+    ).metrics
     return {**metrics, "best_config": {k: best[k] for k in KNOBS[spec.method] if k in best}}
 
 

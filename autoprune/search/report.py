@@ -15,7 +15,7 @@ from autoprune.constraints import Constraints, fill
 from autoprune.export import save_pruned
 from autoprune.plan import Plan
 from autoprune.problem import Problem
-from autoprune.recovery import Log, measure, quiet, recover, recovery_stages, stage_label, stderr_log
+from autoprune.recovery import Log, measure, recover, recovery_stages, stage_label, stderr_log
 
 
 @dataclass
@@ -72,23 +72,6 @@ def finish(
     save_pruned(out / "pruned.pt", pruned, plan, bundle.num_classes)
     atomic_write_text(out / "summary.md", summary(plan, problem))
     return Outcome(plan, pruned, metrics)
-
-
-def finalize(
-    problem: Problem,
-    constraints: Constraints,
-    keep: np.ndarray,
-    best_score: float,
-    out: Path,
-    method: str,
-    finetune_epochs: float = 0.0,
-    seed: int = 0,
-    extra: dict[str, Any] | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """`finish`, returning only the metrics; `progress` prints a line per step on stderr."""
-    log = stderr_log if progress else quiet
-    return finish(problem, constraints, keep, best_score, out, method, finetune_epochs, seed, extra, log).metrics
 
 
 VAL_CAVEAT = (
