@@ -49,7 +49,7 @@ class Reconstruction:
     Attributes:
         layers: the layers it re-fitted, in execution order.
         skipped: layers that lost input channels but could not be re-fitted, with the reason.
-        images: calibration images forwarded (each truncated forward pass counts its images once).
+        images: images forwarded: the calibration images once per network (once, when `Targets` were given).
         seconds: wall time.
     """
 
