@@ -106,6 +106,18 @@ class Harness:
         """Evaluations still allowed."""
         return self.budget - self.evaluations
 
+    @property
+    def batch(self) -> int:
+        """Candidates worth proposing at a time: the score function's `candidates` (1 where it has none)."""
+        return max(1, min(int(getattr(self.score_fn, "candidates", 1)), self.remaining))
+
+    def prefetch(self, keeps: list[np.ndarray]) -> None:
+        """Let the score function score `keeps` together before they are scored one by one (a no-op for score
+        functions without `prefetch`); the evaluations are counted as each is then scored."""
+        prefetch = getattr(self.score_fn, "prefetch", None)
+        if prefetch is not None and len(keeps) > 1:
+            prefetch(keeps[: self.remaining])
+
     def __call__(self, keep: np.ndarray) -> float:
         """Score the feasible mask `keep` and record it; raise `BudgetExhausted` when the budget is spent."""
         if self.remaining <= 0:

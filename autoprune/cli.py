@@ -329,6 +329,13 @@ def search_options(func):
             is_flag=True,
             help="re-fit each candidate's layers by least squares before scoring it (about 2x the cost)",
         ),
+        click.option(
+            "--candidate-batch",
+            type=int,
+            default=p.candidate_batch,
+            show_default=True,
+            help="candidates scored together in one pass, each with its own mask and BN statistics (pays on a GPU)",
+        ),
         click.option("--ignore", multiple=True, help="module whose output channels are kept (repeatable)"),
         click.option("--min-channels", type=int, default=p.min_channels, show_default=True),
         click.option(
@@ -379,7 +386,7 @@ def _search_config(method: str, opts: dict):
         data_dir=opts["data_dir"], device=opts["device"], eval_samples=opts["eval_samples"],
         recalibrate_batches=opts["recalibrate_batches"], racing=opts["racing"], ignore=tuple(opts["ignore"]),
         min_channels=opts["min_channels"], round_to=opts["round_to"],
-        score_with_reconstruction=opts["score_with_reconstruction"],
+        score_with_reconstruction=opts["score_with_reconstruction"], candidate_batch=opts["candidate_batch"],
     )  # fmt: skip
     out = opts["out"] or f"runs/{method}-{time.strftime('%Y%m%d-%H%M%S')}"
     extra = {k: opts[k] for k in ("steps_per_episode", "rollout", "learning_rate", "tau") if k in opts}

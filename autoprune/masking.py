@@ -19,6 +19,22 @@ from torch.nn import functional as F
 from autoprune.graph.channel_graph import OUT, ChannelGraph
 
 
+def channel_owners(graph: ChannelGraph) -> dict[str, np.ndarray]:
+    """For every module whose output carries prunable channels: the decision owning each output channel.
+
+    Channels no decision owns point at index `graph.num_decisions`, where callers append a constant 1 to the mask.
+    """
+    owners: dict[str, np.ndarray] = {}
+    for g in graph.prunable_groups:
+        for m in g.members:
+            if m.side != OUT or not m.module:
+                continue
+            if m.module not in owners:
+                owners[m.module] = np.full(graph.layers[m.module].out_channels, graph.num_decisions, dtype=np.int64)
+            owners[m.module][m.channel_idx] = g.offset + m.root_idx
+    return owners
+
+
 class ChannelMasker:
     """Forward hooks that apply a keep-mask to a model; use as a context manager or call `remove()`.
 
@@ -31,22 +47,12 @@ class ChannelMasker:
         self.graph = graph
         modules = dict(model.named_modules())
         device = next(model.parameters()).device
-        owners: dict[str, np.ndarray] = {}
-        for g in graph.prunable_groups:
-            for m in g.members:
-                if m.side != OUT or not m.module:
-                    continue
-                if m.module not in owners:
-                    owners[m.module] = np.full(graph.layers[m.module].out_channels, -1, dtype=np.int64)
-                owners[m.module][m.channel_idx] = g.offset + m.root_idx
+        owners = channel_owners(graph)
         self._names = list(owners)
         self._dims = {n: graph.layers[n].channel_dim for n in self._names}
-        sizes = [len(owners[n]) for n in self._names]
+        self._sizes = [len(owners[n]) for n in self._names]
         flat = np.concatenate([owners[n] for n in self._names]) if owners else np.zeros(0, np.int64)
-        # Index `num_decisions` points at a constant 1 appended to the mask: channels no decision owns.
-        flat = np.where(flat < 0, graph.num_decisions, flat)
         self._index = torch.as_tensor(flat, device=device)
-        self._sizes = sizes
         self._masks: dict[str, torch.Tensor] = {}
         self._active = False
         self._hooks = [

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoprune.batched_scoring import BatchedScorer
 from autoprune.data import DataBundle, load_dataset
 from autoprune.data._messages import one_line
 from autoprune.errors import AutopruneError
@@ -50,6 +51,10 @@ class ProblemConfig:
     """Re-fit each candidate's layers that lost input channels by least squares (`autoprune.reconstruct`) on the
     recalibration images before scoring it: candidates are ranked by what they deliver after reconstruction, at
     about twice the cost per candidate. Needs `recalibrate_batches` > 0."""
+    candidate_batch: int = 1
+    """Candidates scored together in one pass of the masked network, each with its own mask and BN statistics
+    (`autoprune.batched_scoring`): the agent's rollouts and the random baselines hand over this many at a time.
+    Pays on a GPU; on a CPU one candidate at a time on the smaller sliced network is faster."""
     val_size: float = 0.1
     """Validation split carved from the training data (fraction or count)."""
     split_seed: int = 0
@@ -74,9 +79,12 @@ class ProblemConfig:
             ("split_seed", self.split_seed, 0),
             ("--min-channels", self.min_channels, 1),
             ("--round-to", self.round_to, 1),
+            ("--candidate-batch", self.candidate_batch, 1),
         ):
             if value < least:
                 raise AutopruneError(f"{option} must be at least {least}, got {value}")
+        if self.score_with_reconstruction and self.candidate_batch > 1:
+            raise AutopruneError("--score-with-reconstruction re-fits one candidate at a time: use --candidate-batch 1")
         if self.score_with_reconstruction and not self.recalibrate_batches:
             raise AutopruneError("--score-with-reconstruction needs training images: --recalibrate-batches > 0")
         if not 0 < self.val_size < math.inf or (self.val_size >= 1 and self.val_size != int(self.val_size)):
@@ -173,10 +181,11 @@ def build_problem(config: ProblemConfig, model: nn.Module, bundle: DataBundle, d
     if config.recalibrate_batches:
         loader = bundle.loader("train", 64, shuffle=True, seed=config.split_seed, device=device)
         recal = [b for _, b in zip(range(config.recalibrate_batches), loader, strict=False)]
-    evaluator = SlicedScorer(
-        model, graph, batches, recal, z=2.0 if config.racing else math.inf,
-        reconstruction=config.score_with_reconstruction,
-    )  # fmt: skip
+    z = 2.0 if config.racing else math.inf
+    if config.candidate_batch > 1:
+        evaluator: SlicedScorer = BatchedScorer(model, graph, batches, recal, z=z, candidates=config.candidate_batch)
+    else:
+        evaluator = SlicedScorer(model, graph, batches, recal, z=z, reconstruction=config.score_with_reconstruction)
     return Problem(config=config, model=model, bundle=bundle, graph=graph, evaluator=evaluator, device=device)
 
 

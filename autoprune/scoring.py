@@ -179,6 +179,12 @@ class SlicedScorer:
         self.last = ScoreRecord(score=value, images=self.images_forwarded - before, full=full)
         return self.last
 
+    candidates = 1
+    """Candidates worth scoring together (see `prefetch`)."""
+
+    def prefetch(self, keeps: Sequence[np.ndarray]) -> None:
+        """Score `keeps` ahead where batching pays (`BatchedScorer`); here each is scored when asked for."""
+
     def probe(self, keep: np.ndarray) -> ScoreRecord:
         """Estimate the score of a mask outside the search (e.g. one group cut alone, for sensitivity): the first
         stage only, paired with the whole network (recalibrated the same way) on the same images. Never an

@@ -165,14 +165,10 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if self._steps >= self.steps_per_episode:
             raise RuntimeError("the episode is over; call reset()")
-        proposal = np.asarray(action)
-        if proposal.shape != (self.graph.num_decisions,):
-            raise ValueError(f"action has shape {proposal.shape}, expected ({self.graph.num_decisions},)")
-        proposal = (proposal > 0.5).astype(np.int8)
-
+        proposal = self._proposal(action)
         proposal_ratios = self.constraints.ratios(self.graph, proposal)
         violation = self.constraints.violation(self.graph, proposal)
-        keep = rescale(self.graph, proposal, self.constraints, self.priority)
+        keep = self.project(action)
         result = self.score_fns[self._target_index](keep)
         score = float(getattr(result, "score", result))
 
@@ -232,6 +228,16 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         if self._best_score is None or score > self._best_score:
             self._best_score = float(score)
             self._bests[self._target_index] = self._best_score
+
+    def project(self, action: np.ndarray) -> np.ndarray:
+        """The feasible mask `step` scores for `action` (what a vectorised env scores ahead, in one batch)."""
+        return rescale(self.graph, self._proposal(action), self.constraints, self.priority)
+
+    def _proposal(self, action: np.ndarray) -> np.ndarray:
+        proposal = np.asarray(action)
+        if proposal.shape != (self.graph.num_decisions,):
+            raise ValueError(f"action has shape {proposal.shape}, expected ({self.graph.num_decisions},)")
+        return (proposal > 0.5).astype(np.int8)
 
     def get_state(self) -> dict[str, Any]:
         """The search state as JSON-ready values: `best_score`, `best_keep`, `best_keep_score`, `lagrange`,

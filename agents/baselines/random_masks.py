@@ -71,6 +71,11 @@ def random_masks(
     priority = l1_priority(graph)
     p = keep_probabilities(graph, constraints, temperature)
     while harness.remaining:
-        keep = (rng.random(graph.num_decisions) < p).astype(np.int8)
-        harness(rescale(graph, keep, constraints, priority))
+        keeps = [
+            rescale(graph, (rng.random(graph.num_decisions) < p).astype(np.int8), constraints, priority)
+            for _ in range(harness.batch)
+        ]
+        harness.prefetch(keeps)
+        for keep in keeps:
+            harness(keep)
     return harness.result("random-masks")

@@ -46,6 +46,12 @@ def random_search(
     if not 0 <= low <= 1:
         raise AutopruneError(f"low must be in [0, 1], got {low}")
     while harness.remaining:
-        ratios = rng.uniform(low, 1.0, size=len(graph.prunable_groups))
-        harness(rescale(graph, uniform_mask(graph, ratios, priority), constraints, priority))
+        keeps = [
+            rescale(graph, uniform_mask(graph, rng.uniform(low, 1.0, size=len(graph.prunable_groups)), priority),
+                    constraints, priority)
+            for _ in range(harness.batch)
+        ]  # fmt: skip
+        harness.prefetch(keeps)
+        for keep in keeps:
+            harness(keep)
     return harness.result("random-search")

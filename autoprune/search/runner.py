@@ -322,6 +322,8 @@ def _scorer_with_keep(problem: Problem, constraints: Constraints, tracker: Track
         )  # fmt: skip
         return record.score
 
+    score.prefetch = problem.evaluator.prefetch  # type: ignore[attr-defined]  # batches for `Harness.prefetch`
+    score.candidates = problem.evaluator.candidates  # type: ignore[attr-defined]
     return score
 
 
@@ -377,15 +379,24 @@ def _search_rl(
 
         env = ray_search_env(config, constraints, start.importance, drops)  # actors with their own Problem
     else:
-        env = ChannelPruneEnv(
-            problem.graph,
-            problem.evaluator.score,
-            constraints,
-            steps_per_episode=config.steps_per_episode,
-            tau=config.tau,
-            priority=start.importance,
-            sensitivity=drops,
-        )
+
+        def make_env() -> ChannelPruneEnv:
+            return ChannelPruneEnv(
+                problem.graph,
+                problem.evaluator.score,
+                constraints,
+                steps_per_episode=config.steps_per_episode,
+                tau=config.tau,
+                priority=start.importance,
+                sensitivity=drops,
+            )
+
+        if problem.evaluator.candidates > 1:  # one env per candidate of a batch, all scored in one pass
+            from autoprune.envs.batched import BatchedVecEnv
+
+            env = BatchedVecEnv([make_env] * problem.evaluator.candidates, problem.evaluator.prefetch)
+        else:
+            env = make_env()
     n_envs = getattr(env, "num_envs", 1)
     n_steps = -(-config.rollout // n_envs)  # evaluations per update: `rollout`, rounded up to a multiple of n_envs
     try:

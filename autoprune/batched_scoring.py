@@ -1,0 +1,280 @@
+"""Score many candidate masks in one forward pass: each candidate its own channel mask and BN statistics.
+
+A batch of K candidates runs the unpruned network once on K stacked copies of every input batch
+(``K·B`` images, candidate-major). Mask hooks multiply each candidate's block of the output of every
+channel-producing module by that candidate's mask (`autoprune.masking` shows that a masked network computes
+what the pruned one does), and every BatchNorm is replaced by `CandidateBatchNorm`, which normalises each
+candidate's block by its own batch statistics while recalibrating and keeps one set of running statistics per
+candidate. So candidate k's predictions are those of its own BN-recalibrated pruned network, and one pass
+scores K of them: on an accelerator, where one small network leaves the device mostly idle, that multiplies
+candidates per second; on a CPU it costs about what K masked passes cost.
+
+`BatchedScorer` is a `SlicedScorer` (single candidates still go through the cheaper sliced network) that adds
+`score_many` and `prefetch`: the same recalibration, racing and accounting, decided for a whole batch at once.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.errors import AutopruneError
+from autoprune.graph.channel_graph import ChannelGraph
+from autoprune.masking import channel_owners
+from autoprune.scoring import Batches, ScoreRecord, SlicedScorer, clearly_worse
+
+
+class CandidateBatchNorm(nn.Module):
+    """A BatchNorm for inputs that stack several candidates' batches: statistics per candidate.
+
+    Args:
+        bn: the BatchNorm it replaces (its affine parameters are shared, its running statistics copied).
+        candidates: most candidates in one pass.
+
+    Attributes:
+        calibrating: normalise each candidate's block by its own batch statistics and accumulate them into
+            its running statistics (cumulative average, as `recalibrate_bn`); otherwise use the running ones.
+        rows: which candidates the current input holds, in order.
+    """
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, candidates: int) -> None:
+        super().__init__()
+        self.weight, self.bias, self.eps = bn.weight, bn.bias, bn.eps
+        self.tracked = bn.running_mean is not None
+        c = bn.num_features
+        mean = bn.running_mean if self.tracked else torch.zeros(c, device=bn.weight.device)
+        var = bn.running_var if self.tracked else torch.ones(c, device=bn.weight.device)
+        self.register_buffer("initial_mean", mean.detach().clone())
+        self.register_buffer("initial_var", var.detach().clone())
+        self.register_buffer("running_mean", mean.detach().expand(candidates, c).clone())
+        self.register_buffer("running_var", var.detach().expand(candidates, c).clone())
+        self.batches = 0
+        self.calibrating = False
+        self.rows = torch.arange(candidates, device=mean.device)
+
+    def reset(self, candidates: int) -> None:
+        """Every candidate's statistics back to the replaced BatchNorm's; the next pass holds all of them."""
+        self.running_mean = self.initial_mean.expand(candidates, -1).clone()
+        self.running_var = self.initial_var.expand(candidates, -1).clone()
+        self.rows = torch.arange(candidates, device=self.running_mean.device)
+        self.batches = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(self.rows)
+        v = x.reshape(n, x.shape[0] // n, x.shape[1], -1)
+        if self.calibrating or not self.tracked:
+            var, mean = torch.var_mean(v, dim=(1, 3), unbiased=False)
+            if self.calibrating and self.tracked:
+                count = v.shape[1] * v.shape[3]
+                self.batches += 1
+                f = 1.0 / self.batches
+                self.running_mean[self.rows] = (1 - f) * self.running_mean[self.rows] + f * mean
+                unbiased = var * (count / max(count - 1, 1))
+                self.running_var[self.rows] = (1 - f) * self.running_var[self.rows] + f * unbiased
+        else:
+            mean, var = self.running_mean[self.rows], self.running_var[self.rows]
+        out = (v - mean[:, None, :, None]) * torch.rsqrt(var + self.eps)[:, None, :, None]
+        if self.weight is not None:
+            out = out * self.weight[None, None, :, None] + self.bias[None, None, :, None]
+        return out.reshape(x.shape)
+
+
+class CandidateNetwork:
+    """A copy of the unpruned network that runs K candidates (masks and BN statistics) per pass.
+
+    Args:
+        model: the unpruned network (not modified; a copy is made).
+        graph: its channel graph.
+        candidates: most candidates in one pass.
+
+    Raises:
+        AutopruneError: the network holds channels whose masking is not a plain multiplication per candidate
+            (LayerNorm, attention or parameter-only groups): score such networks one candidate at a time.
+    """
+
+    def __init__(self, model: nn.Module, graph: ChannelGraph, candidates: int) -> None:
+        self.graph = graph
+        self.candidates = candidates
+        self.model = copy.deepcopy(model).eval()
+        modules = dict(self.model.named_modules())
+        owners = channel_owners(graph)
+        unsupported = [
+            n for n in owners if n not in modules or isinstance(modules[n], nn.LayerNorm | nn.MultiheadAttention)
+        ]
+        if unsupported:
+            raise AutopruneError(
+                f"batched candidate scoring supports convolutional networks with BatchNorm; {unsupported[0]!r} "
+                "(LayerNorm, attention or a bare parameter) needs per-candidate scoring: use --candidate-batch 1"
+            )
+        self.norms: list[CandidateBatchNorm] = []
+        for name, module in list(modules.items()):
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                parent, _, child = name.rpartition(".")
+                norm = CandidateBatchNorm(module, candidates)
+                setattr(self.model.get_submodule(parent) if parent else self.model, child, norm)
+                self.norms.append(norm)
+        modules = dict(self.model.named_modules())
+        device = next(self.model.parameters()).device
+        self._index = {n: torch.as_tensor(idx, device=device) for n, idx in owners.items()}
+        self._masks: dict[str, torch.Tensor] = {}
+        self._rows = torch.arange(candidates, device=device)
+        for name in owners:
+            modules[name].register_forward_hook(self._hook(name, graph.layers[name].channel_dim))
+
+    def _hook(self, name: str, dim: int):
+        def apply(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            mask = self._masks[name][self._rows]
+            n = len(self._rows)
+            v = output.reshape(n, output.shape[0] // n, *output.shape[1:])
+            shape = [n] + [1] * output.dim()
+            shape[dim + 1 if dim >= 0 else dim] = -1
+            return (v * mask.view(shape).to(v.dtype)).reshape(output.shape)
+
+        return apply
+
+    def load(self, keeps: np.ndarray) -> None:
+        """Candidates `keeps` (K × decisions, 0/1) from now on, with the original BN statistics."""
+        keeps = torch.as_tensor(np.asarray(keeps, dtype=np.float32), device=self._rows.device)
+        if keeps.dim() != 2 or not 0 < len(keeps) <= self.candidates:
+            raise ValueError(f"expected 1..{self.candidates} masks, got shape {tuple(keeps.shape)}")
+        extended = torch.cat([keeps, torch.ones(len(keeps), 1, device=keeps.device)], dim=1)
+        self._masks = {n: extended[:, idx] for n, idx in self._index.items()}
+        for norm in self.norms:
+            norm.reset(len(keeps))
+        self.select(range(len(keeps)))
+
+    def select(self, rows: Sequence[int]) -> None:
+        """The candidates the next passes hold (a subset of those loaded, in order)."""
+        self._rows = torch.as_tensor(list(rows), dtype=torch.long, device=self._rows.device)
+        for norm in self.norms:
+            norm.rows = self._rows
+
+    @torch.no_grad()
+    def predictions(self, x: torch.Tensor, calibrate: bool = False) -> torch.Tensor:
+        """Each selected candidate's predicted classes on `x` (rows × len(x)); `calibrate` updates its BN
+        statistics with this batch."""
+        n = len(self._rows)
+        for norm in self.norms:
+            norm.calibrating = calibrate
+        try:
+            logits = self.model(x.repeat(n, *([1] * (x.dim() - 1))))
+        finally:
+            for norm in self.norms:
+                norm.calibrating = False
+        return logits.argmax(1).view(n, len(x))
+
+
+class BatchedScorer(SlicedScorer):
+    """`SlicedScorer` plus `score_many`: up to `candidates` masks scored per pass of `CandidateNetwork`.
+
+    Racing in a batch compares every candidate with the incumbent at the start of the batch; the candidates
+    that go on are scored on the validation images together, then become the incumbent in turn where they beat
+    it. `prefetch` scores a batch ahead so that later `score` calls on the same masks cost nothing (how the
+    rollouts of a vectorised environment use it).
+
+    Args:
+        model, graph, batches, recalibration, race_samples, z: as `SlicedScorer`.
+        candidates: most candidates per pass.
+        max_images: most images per forward pass (validation batches are split to fit; one recalibration
+            batch per candidate is the least a pass holds).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        graph: ChannelGraph,
+        batches: Batches,
+        recalibration: Batches | None = None,
+        race_samples: int = 256,
+        z: float = 2.0,
+        candidates: int = 16,
+        max_images: int = 8192,
+    ) -> None:
+        super().__init__(model, graph, batches, recalibration, race_samples=race_samples, z=z)
+        if candidates < 1:
+            raise AutopruneError(f"candidates per pass must be at least 1, got {candidates}")
+        self.network = CandidateNetwork(model, graph, candidates)
+        self.candidates = candidates
+        self.max_images = max_images
+        self._prefetched: dict[bytes, ScoreRecord] = {}
+        self.passes: list[int] = []
+        """Candidates of each batch scored so far."""
+
+    def score(self, keep: np.ndarray) -> ScoreRecord:
+        """The prefetched record of `keep` where there is one (counted when it was scored), else `SlicedScorer`'s."""
+        record = self._prefetched.pop(self.graph.check_mask(keep).tobytes(), None)
+        if record is None:
+            return super().score(keep)
+        self.last = record
+        return record
+
+    def prefetch(self, keeps: Sequence[np.ndarray]) -> None:
+        """Score `keeps` now, in batches; each later `score` of one of them returns its record."""
+        keeps = [self.graph.check_mask(k) for k in keeps]
+        for keep, record in zip(keeps, self.score_many(keeps), strict=True):
+            self._prefetched[keep.tobytes()] = record
+
+    def score_many(self, keeps: Sequence[np.ndarray]) -> list[ScoreRecord]:
+        """Score `keeps` in batches of `candidates` (racing as the class docstring says)."""
+        records: list[ScoreRecord] = []
+        step = max(1, min(self.candidates, self.max_images // max(self._recal_batch(), 1)))
+        for start in range(0, len(keeps), step):
+            records += self._score_batch([self.graph.check_mask(k) for k in keeps[start : start + step]])
+        if records:
+            self.last = records[-1]
+        return records
+
+    def _recal_batch(self) -> int:
+        return max((len(x) for x, _ in self.recalibration), default=0)
+
+    def _correct(self, start: int, stop: int) -> torch.Tensor:
+        """Selected candidates' correctness on validation images `start:stop` (rows × images)."""
+        rows = len(self.network._rows)
+        size = max(1, min(self.batch_size, self.max_images // rows))
+        parts = [
+            self.network.predictions(self.x[i : min(i + size, stop)]) == self.y[i : min(i + size, stop)]
+            for i in range(start, stop, size)
+        ]
+        return torch.cat(parts, dim=1) if parts else torch.zeros(rows, 0, dtype=torch.bool)
+
+    def _score_batch(self, keeps: list[np.ndarray]) -> list[ScoreRecord]:
+        n = len(keeps)
+        self.passes.append(n)
+        self.network.load(np.stack(keeps))
+        if self.recalibration:
+            heads = torch.cat([self.network.predictions(x, True) == y for x, y in self.recalibration], dim=1)
+            first = 0
+        else:
+            heads = self._correct(0, self.race_samples)
+            first = self.race_samples
+        cost = [heads.shape[1]] * n
+        incumbent = self._best
+        going = [i for i in range(n) if incumbent is None or not clearly_worse(heads[i], incumbent[1], self.z)[0]]
+        full: dict[int, float] = {}
+        if going:
+            self.network.select(going)
+            rest = self._correct(first, self.num_samples)
+            for row, i in enumerate(going):
+                correct = rest[row] if self.recalibration else torch.cat([heads[i], rest[row]])
+                full[i] = float(correct.double().mean()) if self.num_samples else 0.0
+                cost[i] += rest.shape[1]
+        records = []
+        for i in range(n):
+            if i in full:
+                value = full[i]
+                self.full_evaluations += 1
+                if self._best is None or value > self._best[0]:
+                    self._best = (value, heads[i])
+            else:
+                value = incumbent[0] + float((heads[i].double() - incumbent[1].double()).mean())
+            self.evaluations += 1
+            self.images_forwarded += cost[i]
+            records.append(ScoreRecord(score=value, images=cost[i], full=i in full))
+        return records
+
+
+__all__ = ["BatchedScorer", "CandidateBatchNorm", "CandidateNetwork"]

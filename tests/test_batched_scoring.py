@@ -1,0 +1,130 @@
+"""Many candidates per pass: batched scores equal one-at-a-time scores, racing included."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from autoprune.batched_scoring import BatchedScorer
+from autoprune.constraints import Constraints, project, smallest_mask
+from autoprune.errors import AutopruneError
+from autoprune.graph import build_channel_graph
+from autoprune.models import build_model
+from autoprune.problem import ProblemConfig, load_problem
+from autoprune.scoring import SlicedScorer
+
+
+def labelled(model: nn.Module, n: int, batch: int, seed: int, shape=(3, 32, 32)):
+    """Random inputs labelled by the unpruned model (logits centred per class, so every class occurs)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=gen)
+    with torch.no_grad():
+        logits = model(x)
+    y = (logits - logits.mean(0)).argmax(1)
+    return [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    model = build_model("resnet20").eval()
+    graph = build_channel_graph(model, torch.zeros(1, 3, 32, 32), model_name="resnet20")
+    val = labelled(model, 96, 32, seed=1)
+    recal = [(x, y) for x, y in labelled(model, 64, 32, seed=2)]
+    rng = np.random.default_rng(0)
+    keeps = [
+        graph.legalize((rng.random(graph.num_decisions) < rng.uniform(0.4, 0.95)).astype(np.int8)) for _ in range(5)
+    ]
+    return model, graph, val, recal, keeps
+
+
+@pytest.mark.parametrize("with_recalibration", [True, False])
+def test_batched_scores_equal_one_at_a_time_scores(resnet, with_recalibration: bool) -> None:
+    model, graph, val, recal, keeps = resnet
+    recal = recal if with_recalibration else None
+    one = SlicedScorer(model, graph, val, recal, race_samples=32, z=math.inf)
+    many = BatchedScorer(model, graph, val, recal, race_samples=32, z=math.inf, candidates=3)  # 2 passes: 3 + 2
+    expected = [one.score(k) for k in keeps]
+    got = many.score_many(keeps)
+    assert [r.score for r in got] == pytest.approx([r.score for r in expected], abs=1.5 / 96)  # ≤ 1 image
+    assert len({r.score for r in expected}) > 1  # the masks differ, so agreement is not a coincidence
+    assert [r.images for r in got] == [r.images for r in expected]
+    assert many.images_forwarded == one.images_forwarded and many.evaluations == 5
+
+
+def test_batched_racing_of_one_candidate_per_pass_is_the_sequential_racing(resnet) -> None:
+    model, graph, val, recal, keeps = resnet
+    one = SlicedScorer(model, graph, val, recal, z=0.5)
+    many = BatchedScorer(model, graph, val, recal, z=0.5, candidates=1)
+    sequence = [keeps[4], smallest_mask(graph), *keeps]
+    expected = [one.score(k) for k in sequence]
+    got = many.score_many(sequence)
+    assert [r.full for r in got] == [r.full for r in expected]
+    assert not all(r.full for r in expected)  # racing stopped some: the comparison covers both branches
+    assert [r.score for r in got] == pytest.approx([r.score for r in expected], abs=1.5 / 96)
+
+
+def test_racing_in_a_batch_never_drops_a_candidate_that_beats_the_incumbent(cache_dir) -> None:
+    problem = load_problem(ProblemConfig(eval_samples=300))  # the trained digits CNN: accuracies far apart
+    graph, base = problem.graph, problem.evaluator
+    val = [(base.x[i : i + 100], base.y[i : i + 100]) for i in range(0, base.num_samples, 100)]
+    reference = SlicedScorer(problem.model, graph, val, base.recalibration, z=math.inf)
+    scorer = BatchedScorer(problem.model, graph, val, base.recalibration, z=2.0, candidates=4)
+    middling = project(graph, graph.full_mask(), Constraints(flops=0.4))
+    better = project(graph, graph.full_mask(), Constraints(flops=0.9))
+    tiny = smallest_mask(graph)
+    assert reference(better) > reference(middling) > reference(tiny) + 0.2
+    scorer.score_many([middling])  # the incumbent
+    got = scorer.score_many([tiny, better, tiny])
+    assert [r.full for r in got] == [False, True, False]
+    assert got[1].score == pytest.approx(reference(better), abs=1.5 / 300)
+    assert got[0].score < got[1].score
+
+
+def test_prefetched_masks_are_scored_once(resnet) -> None:
+    model, graph, val, recal, keeps = resnet
+    scorer = BatchedScorer(model, graph, val, recal, z=math.inf, candidates=8)
+    scorer.prefetch(keeps[:3])
+    spent = scorer.images_forwarded
+    records = [scorer.score(k) for k in keeps[:3]]
+    assert scorer.images_forwarded == spent and scorer.evaluations == 3
+    assert all(r.full for r in records)
+    scorer.score(keeps[3])  # not prefetched: scored now, on the sliced network
+    assert scorer.images_forwarded > spent and scorer.evaluations == 4
+
+
+def test_networks_whose_masking_is_not_a_product_are_refused_in_one_line() -> None:
+    model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    graph = build_channel_graph(model, torch.zeros(1, 8))
+    with pytest.raises(AutopruneError, match="candidate-batch 1") as info:
+        BatchedScorer(model, graph, labelled(model, 8, 8, seed=0, shape=(8,)))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("method", ["rl", "random-search"])
+def test_searches_hand_over_their_candidates_in_batches(method: str, tmp_path, cache_dir) -> None:
+    from autoprune.search.config import SearchConfig
+    from autoprune.search.runner import search_constraints, search_problem
+
+    config = SearchConfig(
+        problem=ProblemConfig(eval_samples=200, candidate_batch=4), method=method, target_flops=0.5,
+        evaluations=16, rollout=8, reconstruct=False, out=str(tmp_path / method),
+    )  # fmt: skip
+    problem = load_problem(config.problem)
+    assert isinstance(problem.evaluator, BatchedScorer)
+    metrics = search_problem(config, problem, search_constraints(config, problem), progress=False).metrics
+    assert metrics["evaluations"] == 16
+    assert 4 in problem.evaluator.passes  # the agent's 4 envs, or random search's draws, scored per pass
+    assert problem.evaluator.evaluations >= 16
+
+
+def test_batched_scoring_of_reconstructed_candidates_is_refused_in_one_line() -> None:
+    from conftest import run_cli
+
+    result = run_cli("search", "--candidate-batch", "4", "--score-with-reconstruction", "--quiet")
+    assert result.returncode != 0 and "--candidate-batch 1" in result.stderr
+    assert "Traceback" not in result.stderr
