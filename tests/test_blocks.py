@@ -1,10 +1,10 @@
 """Block types beyond plain convs: grouped convs, chunk/cat, channels-last LayerNorm blocks, squeeze-excitation,
-multi-head self-attention.
+multi-head self-attention, channel shuffles and shifted-window attention.
 
 Each tiny model is written here in the style of the torchvision family it stands for (ResNeXt/RegNet, ConvNeXt,
-MobileNetV3/EfficientNet, GhostNet-like chunks, ViT), so the tests need no torchvision. For each: the groups are
-prunable, the masked network equals the physically pruned one, and the counted FLOPs/params equal torch-pruning's
-counter on the pruned model.
+MobileNetV3/EfficientNet, GhostNet-like chunks, ViT, ShuffleNetV2, Swin), so the tests need no torchvision. For
+each: the groups are prunable (or frozen with the reason), the masked network equals the physically pruned one,
+and the counted FLOPs/params equal torch-pruning's counter on the pruned model.
 """
 
 from __future__ import annotations
@@ -172,6 +172,105 @@ class TinyViT(nn.Module):
         return self.head(self.ln(self.blocks(x))[:, 0])
 
 
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """A ShuffleNetV2 stride-1 unit: chunk in two, a bottleneck on one half, cat, channel shuffle."""
+
+    def __init__(self, c: int, hidden: int) -> None:
+        super().__init__()
+        self.branch = nn.Sequential(
+            nn.Conv2d(c // 2, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.Conv2d(hidden, c // 2, 1, bias=False),
+            nn.BatchNorm2d(c // 2),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=1)
+        return channel_shuffle(torch.cat([a, self.branch(b)], dim=1), 2)
+
+
+class TinyShuffle(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.units = nn.Sequential(ShuffleUnit(16, 12), ShuffleUnit(16, 10))
+        self.conv = nn.Conv2d(16, 24, 1)
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.conv(self.units(self.stem(x)))).mean((2, 3)))
+
+
+class WindowAttention(nn.Module):
+    """Shifted-window attention written as torchvision's Swin writes it: `roll`, windows cut with `view` and
+    `permute`, the qkv and output projections used through their weights (`F.linear`), heads split by a reshape,
+    and (Swin V2) a relative position bias from a small MLP, gathered by index and reshaped per window."""
+
+    def __init__(self, d: int, heads: int, window: int, shift: int) -> None:
+        super().__init__()
+        self.heads, self.window, self.shift = heads, window, shift
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.cpb_mlp = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, heads, bias=False))
+        span = torch.arange(-(window - 1), window, dtype=torch.float32)
+        self.register_buffer("table", torch.stack(torch.meshgrid(span, span, indexing="ij"), -1).unsqueeze(0))
+        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + window - 1
+        self.register_buffer("index", (rel[..., 0] * (2 * window - 1) + rel[..., 1]).flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        k, s, n = self.window, self.shift, self.window**2
+        if s:
+            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
+        x = x.view(b, h // k, k, w // k, k, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, n, c)
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias)
+        q, key, v = qkv.reshape(x.size(0), n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        bias = self.cpb_mlp(self.table).view(-1, self.heads)[self.index].view(n, n, -1)
+        attn = (q @ key.transpose(-2, -1)) * (c // self.heads) ** -0.5 + torch.sigmoid(bias.permute(2, 0, 1))
+        x = (attn.softmax(-1) @ v).transpose(1, 2).reshape(x.size(0), n, c)
+        x = F.linear(x, self.proj.weight, self.proj.bias)
+        x = x.view(b, h // k, w // k, k, k, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        return torch.roll(x, shifts=(s, s), dims=(1, 2)) if s else x
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, d: int, heads: int, hidden: int, window: int, shift: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d)
+        self.attn = WindowAttention(d, heads, window, shift)
+        self.norm2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinySwin(nn.Module):
+    """Patch embedding to channels-last (B, H, W, C), a plain and a shifted window block, mean-pooled head."""
+
+    def __init__(self, d: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, d, 2, stride=2)
+        self.blocks = nn.Sequential(SwinBlock(d, heads, 24, 3, 0), SwinBlock(d, heads, 20, 3, 1))
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.embed(x).permute(0, 2, 3, 1))
+        return self.head(self.norm(x).mean((1, 2)))
+
+
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial norm statistics and affine terms, so that a wrongly masked channel shows in the logits."""
     gen = torch.Generator().manual_seed(seed)
@@ -303,3 +402,26 @@ def test_a_model_torch_pruning_cannot_trace_is_one_line() -> None:
     with pytest.raises(AutopruneError, match="cannot trace the model with torch-pruning: RuntimeError") as err:
         build_channel_graph(model, torch.zeros(1, *SHAPE))
     assert "\n" not in str(err.value)
+
+
+def test_channel_shuffle_freezes_only_the_shuffled_stream() -> None:
+    # Torch-pruning 1.6 divided by zero on the shuffle's reshapes; the bottleneck widths stay free.
+    model = randomize(TinyShuffle())
+    graph = build_channel_graph(model, torch.zeros(1, *SHAPE))
+    assert sorted(g.size for g in graph.prunable_groups) == [10, 12, 24]  # the two bottlenecks and `conv`
+    frozen = {g.root: g.reason for g in graph.groups if not g.prunable}
+    assert set(frozen) == {"fc", "units.0.branch.5", "units.1.branch.5"}  # the stream, through cat and shuffle
+    assert "reshape (1, 16, 12, 12) -> (1, 2, 8, 12, 12)" in frozen["units.1.branch.5"]
+    check_equivalence(model, graph)
+
+
+def test_swin_window_attention_traces_and_prunes_its_mlp() -> None:
+    # Torch-pruning 1.6 failed on Swin (a concat of unknown width) and ran out of memory on Swin V2's bias MLP.
+    model = randomize(TinySwin())
+    graph = build_channel_graph(model, torch.zeros(1, *SHAPE))
+    sizes = {g.root: g.size for g in graph.prunable_groups}
+    assert sizes["blocks.0.mlp.0"] == 24 and sizes["blocks.1.mlp.0"] == 20
+    # The projections used through `F.linear` are traced as layers: the qkv output splits into heads.
+    qkv = next(g for g in graph.groups if "blocks.0.attn.qkv" in g.modules and g.root == "blocks.0.attn.qkv")
+    assert not qkv.prunable and "reshape" in qkv.reason
+    check_equivalence(model, graph)

@@ -179,3 +179,21 @@ def test_fill_uses_the_budget_a_mask_leaves_and_keeps_what_it_kept(round_to: int
         assert budget.feasible(graph, fill(graph, full_at_budget, budget))
     with pytest.raises(AutopruneError, match="feasible"):
         fill(graph, graph.full_mask(), Constraints(flops=0.5))
+
+
+@pytest.mark.parametrize(
+    ("in_shape", "out_shape", "channels", "kind"),
+    [
+        ((2, 8, 4, 4), (2, 8, 16), 8, "keep"),  # ViT's patch flatten
+        ((2, 12, 12, 8), (2, 4, 3, 4, 3, 8), 8, "keep"),  # a window partition of channels-last (B, H, W, C)
+        ((2, 8, 4, 4), (2, 128), 8, "flatten"),  # before a linear layer
+        ((2, 8, 1, 1), (2, 8), 8, "keep"),
+        ((2, 8, 4, 4), (2, 2, 4, 4, 4), 8, "opaque"),  # a channel shuffle's first view
+        ((2, 4, 2, 4, 4), (2, 8, 4, 4), 8, "opaque"),  # and its second
+        ((2, 9, 24), (2, 9, 3, 2, 4), 24, "opaque"),  # qkv split into heads
+    ],
+)
+def test_reshapes_are_classified_by_their_shapes(in_shape, out_shape, channels, kind) -> None:
+    from autoprune.graph.depgraph import classify_reshape
+
+    assert classify_reshape(in_shape, out_shape, channels) == kind

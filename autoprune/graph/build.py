@@ -243,8 +243,11 @@ def _groups(trace, layers, ignore: set[str], min_channels: int) -> list[ChannelG
         g = ChannelGroup(index=len(groups), root=traced.root, size=size, members=members, blocks=traced.size // size)
         outs = [m.module for m in g.members if m.side == OUT and m.module]
         ignored = [n for n in outs if n in ignore]
+        opaque = [trace.opaque[m.node] for m in g.members if m.node in trace.opaque]
         if ignored:
             g.prunable, g.reason = False, f"ignored layer {ignored[0]} (output layer or --ignore)"
+        elif opaque:
+            g.prunable, g.reason = False, opaque[0]
         elif unfit:
             g.prunable, g.reason = False, unfit
         elif g.size <= min_channels:

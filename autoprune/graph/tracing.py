@@ -15,6 +15,7 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import AutopruneError
+from autoprune.graph.depgraph import DependencyGraph
 from autoprune.nn import CUSTOM_PRUNERS
 
 OUT, IN = "out", "in"
@@ -65,9 +66,11 @@ class Trace:
     """Unwrapped parameters in some group (name -> the dimension holding their channels)."""
     split_sizes: dict[int, list[int]] = field(default_factory=dict)
     """Node id -> part sizes of every `torch.split`/`torch.chunk` along channels."""
+    opaque: dict[int, str] = field(default_factory=dict)
+    """Node id -> reason, for reshapes that move channels between axes: groups reaching them are frozen."""
 
 
-def _is_prunable_fn(dg: tp.DependencyGraph, fn, side: str) -> bool:
+def _is_prunable_fn(dg: DependencyGraph, fn, side: str) -> bool:
     return dg.is_out_channel_pruning_fn(fn) if side == OUT else dg.is_in_channel_pruning_fn(fn)
 
 
@@ -93,7 +96,7 @@ def trace_groups(model: nn.Module, example_input: torch.Tensor) -> Trace:
     hooks = [m.register_forward_pre_hook(record) for m in leaves]
     try:
         with torch.enable_grad():
-            dg = tp.DependencyGraph().build_dependency(
+            dg = DependencyGraph().build_dependency(
                 model, example_inputs=example_input, customized_pruners=dict(CUSTOM_PRUNERS)
             )
             tp_groups = list(dg.get_all_groups(ignored_layers=[], root_module_types=(nn.Conv2d, nn.Conv1d, nn.Linear)))
@@ -142,6 +145,7 @@ def trace_groups(model: nn.Module, example_input: torch.Tensor) -> Trace:
         order=order,
         parameters=parameters,
         split_sizes=splits,
+        opaque={node_ids[node]: reason for node, reason in dg.opaque.items()},
     )
 
 
