@@ -201,6 +201,7 @@ class BatchedScorer(SlicedScorer):
         self.candidates = candidates
         self.max_images = max_images
         self._prefetched: dict[bytes, ScoreRecord] = {}
+        self._probes: dict[bytes, ScoreRecord] = {}
         self.passes: list[int] = []
         """Candidates of each batch scored so far."""
 
@@ -217,6 +218,37 @@ class BatchedScorer(SlicedScorer):
         keeps = [self.graph.check_mask(k) for k in keeps]
         for keep, record in zip(keeps, self.score_many(keeps), strict=True):
             self._prefetched[keep.tobytes()] = record
+
+    def probe(self, keep: np.ndarray) -> ScoreRecord:
+        """The prefetched probe of `keep` where there is one, else `SlicedScorer.probe`."""
+        record = self._probes.pop(self.graph.check_mask(keep).tobytes(), None)
+        if record is None:
+            return super().probe(keep)
+        self.last = record
+        return record
+
+    def prefetch_probes(self, keeps: Sequence[np.ndarray]) -> None:
+        """Probe `keeps` now, in batches (first stage only, paired with the whole network, as `probe`)."""
+        base_score, base_head = self.base()
+        step = max(1, min(self.candidates, self.max_images // max(self._recal_batch(), 1)))
+        keeps = [self.graph.check_mask(k) for k in keeps]
+        for start in range(0, len(keeps), step):
+            batch = keeps[start : start + step]
+            self.passes.append(len(batch))
+            self.network.load(np.stack(batch))
+            heads = self._first_stage()
+            for keep, head in zip(batch, heads, strict=True):
+                value = base_score + float((head.double() - base_head.double()).mean())
+                self.evaluations += 1
+                self.images_forwarded += len(head)
+                self._probes[keep.tobytes()] = ScoreRecord(score=value, images=len(head), full=False)
+
+    def _first_stage(self) -> torch.Tensor:
+        """Loaded candidates' first-stage correctness: predictions of the recalibration pass, else the first
+        `race_samples` validation images (candidates × images)."""
+        if self.recalibration:
+            return torch.cat([self.network.predictions(x, True) == y for x, y in self.recalibration], dim=1)
+        return self._correct(0, self.race_samples)
 
     def score_many(self, keeps: Sequence[np.ndarray]) -> list[ScoreRecord]:
         """Score `keeps` in batches of `candidates` (racing as the class docstring says)."""
@@ -245,12 +277,8 @@ class BatchedScorer(SlicedScorer):
         n = len(keeps)
         self.passes.append(n)
         self.network.load(np.stack(keeps))
-        if self.recalibration:
-            heads = torch.cat([self.network.predictions(x, True) == y for x, y in self.recalibration], dim=1)
-            first = 0
-        else:
-            heads = self._correct(0, self.race_samples)
-            first = self.race_samples
+        heads = self._first_stage()
+        first = 0 if self.recalibration else self.race_samples
         cost = [heads.shape[1]] * n
         incumbent = self._best
         going = [i for i in range(n) if incumbent is None or not clearly_worse(heads[i], incumbent[1], self.z)[0]]

@@ -185,15 +185,22 @@ class SlicedScorer:
     def prefetch(self, keeps: Sequence[np.ndarray]) -> None:
         """Score `keeps` ahead where batching pays (`BatchedScorer`); here each is scored when asked for."""
 
+    def base(self) -> tuple[float, torch.Tensor]:
+        """The whole network's score and first-stage correctness, recalibrated as candidates are (for probes)."""
+        if self._base is None:
+            net, head = self.prepare(self.graph.full_mask())
+            self._base = (self.accuracy(net, head), head)
+        return self._base
+
+    def prefetch_probes(self, keeps: Sequence[np.ndarray]) -> None:
+        """Probe `keeps` ahead where batching pays (`BatchedScorer`); here each is probed when asked for."""
+
     def probe(self, keep: np.ndarray) -> ScoreRecord:
         """Estimate the score of a mask outside the search (e.g. one group cut alone, for sensitivity): the first
         stage only, paired with the whole network (recalibrated the same way) on the same images. Never an
         incumbent."""
         before = self.images_forwarded
-        if self._base is None:
-            net, head = self.prepare(self.graph.full_mask())
-            self._base = (self.accuracy(net, head), head)
-        base_score, base_head = self._base
+        base_score, base_head = self.base()
         _, head = self.prepare(keep)
         value = base_score + float((head.double() - base_head.double()).mean())
         self.evaluations += 1

@@ -6,8 +6,9 @@
 The same feasible masks (half sampled from the agent's starting policy, half from random search, interleaved as
 a search would meet them) are scored by (a) `MaskedEvaluator`, the scorer of the quality studies so far
 (500 validation images, BN recalibration on 4 training batches), (b) the same on the physically sliced network,
-(c) `SlicedScorer` with racing on `--samples` images (the default now), and (d) the reference: every mask on
-all `--samples` validation images. Ranking fidelity is
+(c) `SlicedScorer` with racing on `--samples` images (the default now), (d) `BatchedScorer`: the same racing,
+`--candidate-batch` masks per pass of the masked network (each its own BN statistics; what pays on a GPU), and
+(e) the reference: every mask on all `--samples` validation images. Ranking fidelity is
 Spearman's rho of each scorer's order against the reference. Appends a section to bench/results/throughput.md.
 """
 
@@ -26,6 +27,7 @@ from scipy.stats import spearmanr
 
 from autoprune.agents.baselines import l1_priority, uniform_mask, uniform_ratio
 from autoprune.agents.warm_start import ranking_warm_start
+from autoprune.batched_scoring import BatchedScorer
 from autoprune.constraints import Constraints, project
 from autoprune.masking import MaskedEvaluator
 from autoprune.problem import ProblemConfig, load_problem
@@ -65,6 +67,7 @@ def main() -> None:
     parser.add_argument("--masks", type=int, default=60)
     parser.add_argument("--today-samples", type=int, default=500, help="validation images of today's scorer")
     parser.add_argument("--samples", type=int, default=1000, help="validation images of the new scorer")
+    parser.add_argument("--candidate-batch", type=int, default=16, help="masks per pass of the batched scorer")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", default="bench/results/throughput.md")
@@ -85,17 +88,24 @@ def main() -> None:
         f"today: masked network, {args.today_samples} images": today,
         f"sliced network, {args.today_samples} images": SlicedScorer(problem.model, graph, today_val, recal, z=inf),
         f"sliced + racing (new default), {args.samples} images": SlicedScorer(problem.model, graph, val, recal),
+        f"batched masked network, {args.candidate_batch} per pass, racing, {args.samples} images": BatchedScorer(
+            problem.model, graph, val, recal, candidates=args.candidate_batch
+        ),
         f"reference: sliced, all {args.samples} images, no racing": SlicedScorer(
             problem.model, graph, val, recal, z=inf
         ),
     }
-    # Round-robin per mask, so that a busy machine slows every scorer alike.
+    # Round-robin per batch of masks, so that a busy machine slows every scorer alike.
     seconds = dict.fromkeys(scorers, 0.0)
     scores: dict[str, list[float]] = {name: [] for name in scorers}
-    for keep in masks:
+    for first in range(0, len(masks), args.candidate_batch):
+        batch = masks[first : first + args.candidate_batch]
         for name, scorer in scorers.items():
             start = time.perf_counter()
-            scores[name].append(float(scorer(keep)))
+            if isinstance(scorer, BatchedScorer):
+                scores[name] += [r.score for r in scorer.score_many(batch)]
+            else:
+                scores[name] += [float(scorer(keep)) for keep in batch]
             seconds[name] += time.perf_counter() - start
     today.close()
 
@@ -107,7 +117,8 @@ def main() -> None:
         f"## {args.model}, FLOPs ≤ {args.target_flops:.0%}, {n} masks ({time.strftime('%Y-%m-%d %H:%M')})",
         "",
         f"Command: `python bench/throughput.py --model {args.model} --weights {args.weights} --data-dir "
-        f"{args.data_dir} --target-flops {args.target_flops} --masks {args.masks} --threads {args.threads}`",
+        f"{args.data_dir} --target-flops {args.target_flops} --masks {args.masks} --candidate-batch "
+        f"{args.candidate_batch} --threads {args.threads}`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {args.threads} threads, {accelerator()}; "
         f"torch {torch.__version__}; load average at the end {os.getloadavg()[0]:.1f}. Every scorer recalibrates "

@@ -97,6 +97,18 @@ def test_prefetched_masks_are_scored_once(resnet) -> None:
     assert scorer.images_forwarded > spent and scorer.evaluations == 4
 
 
+def test_batched_probes_equal_one_at_a_time_probes(resnet) -> None:
+    model, graph, val, recal, keeps = resnet
+    one = SlicedScorer(model, graph, val, recal)
+    many = BatchedScorer(model, graph, val, recal, candidates=2)
+    expected = [one.probe(k).score for k in keeps]
+    many.prefetch_probes(keeps)
+    assert many.passes == [2, 2, 1]
+    spent = many.images_forwarded
+    assert [many.probe(k).score for k in keeps] == pytest.approx(expected, abs=1.5 / 64)
+    assert many.images_forwarded == spent == one.images_forwarded
+
+
 def test_networks_whose_masking_is_not_a_product_are_refused_in_one_line() -> None:
     model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 4)).eval()
     graph = build_channel_graph(model, torch.zeros(1, 8))
@@ -105,21 +117,21 @@ def test_networks_whose_masking_is_not_a_product_are_refused_in_one_line() -> No
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("method", ["rl", "random-search"])
+@pytest.mark.parametrize("method", ["rl", "random-search", "sensitivity"])
 def test_searches_hand_over_their_candidates_in_batches(method: str, tmp_path, cache_dir) -> None:
     from autoprune.search.config import SearchConfig
     from autoprune.search.runner import search_constraints, search_problem
 
     config = SearchConfig(
         problem=ProblemConfig(eval_samples=200, candidate_batch=4), method=method, target_flops=0.5,
-        evaluations=16, rollout=8, reconstruct=False, out=str(tmp_path / method),
+        evaluations=40, rollout=8, reconstruct=False, out=str(tmp_path / method),
     )  # fmt: skip
     problem = load_problem(config.problem)
     assert isinstance(problem.evaluator, BatchedScorer)
     metrics = search_problem(config, problem, search_constraints(config, problem), progress=False).metrics
-    assert metrics["evaluations"] == 16
-    assert 4 in problem.evaluator.passes  # the agent's 4 envs, or random search's draws, scored per pass
-    assert problem.evaluator.evaluations >= 16
+    assert metrics["evaluations"] == (40 if method != "sensitivity" else problem.evaluator.evaluations)
+    assert 4 in problem.evaluator.passes  # the agent's envs, random search's draws or the probes, 4 per pass
+    assert problem.evaluator.evaluations >= metrics["evaluations"]
 
 
 def test_batched_scoring_of_reconstructed_candidates_is_refused_in_one_line() -> None:

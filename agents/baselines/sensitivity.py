@@ -9,7 +9,7 @@ is the sum of the groups' measured drops, interpolated linearly between the meas
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +64,7 @@ def measure_sensitivity(
     base_score: float,
     widths: Sequence[float] = WIDTHS,
     priority: np.ndarray | None = None,
+    prefetch: Callable[[list[np.ndarray]], None] | None = None,
 ) -> Sensitivity:
     """Probe every group at every width in `widths` (one evaluation each) and record the drops.
 
@@ -73,16 +74,20 @@ def measure_sensitivity(
         base_score: the unpruned network's score.
         widths: kept fractions to probe.
         priority: which channels a cut group keeps (default weight L1).
+        prefetch: given every probe's mask first, to score them together (`BatchedScorer.prefetch_probes`).
     """
     priority = l1_priority(graph) if priority is None else priority
     groups = graph.prunable_groups
     sizes = np.array([g.size for g in groups])
-    drops = np.zeros((len(groups), len(widths)))
+    masks = []
     for i in range(len(groups)):
-        for j, width in enumerate(widths):
+        for width in widths:
             counts = sizes.copy()
             counts[i] = max(1, int(np.ceil(width * sizes[i] - 1e-9)))
-            drops[i, j] = base_score - probe(top_channels(graph, counts, priority))
+            masks.append(top_channels(graph, counts, priority))
+    if prefetch is not None:
+        prefetch(masks)
+    drops = base_score - np.array([probe(keep) for keep in masks], dtype=float).reshape(len(groups), len(widths))
     return Sensitivity(widths=np.asarray(widths, dtype=float), drops=drops)
 
 
@@ -149,6 +154,8 @@ def sensitivity_search(
             f"network, {len(graph.prunable_groups)} groups × {len(WIDTHS)} widths, the allocation); raise --evaluations"
         )
     base = harness.probe(graph.full_mask(), probe_fn)
-    profile = measure_sensitivity(graph, lambda keep: harness.probe(keep, probe_fn), base)
+    profile = measure_sensitivity(
+        graph, lambda keep: harness.probe(keep, probe_fn), base, prefetch=getattr(probe_fn, "prefetch", None)
+    )
     harness(allocate(graph, constraints, profile))
     return harness.result("sensitivity")

@@ -338,6 +338,7 @@ def _prober(problem: Problem, constraints: Constraints, tracker: Tracker):
         )  # fmt: skip
         return record.score
 
+    probe.prefetch = problem.evaluator.prefetch_probes  # type: ignore[attr-defined]  # one batch for a sweep
     return probe
 
 
@@ -465,7 +466,7 @@ def _agent_sensitivity(
     if config.evaluations < SWEEP_SHARE * (probes_needed(graph) + 1):
         return None
     probe = _prober(problem, constraints, tracker)
-    return measure_sensitivity(graph, probe, probe(graph.full_mask()))
+    return measure_sensitivity(graph, probe, probe(graph.full_mask()), prefetch=probe.prefetch)
 
 
 def _as_dict(sensitivity) -> dict[str, list] | None:
