@@ -24,8 +24,8 @@ from torch import nn
 
 from autoprune.errors import AutopruneError
 from autoprune.graph.channel_graph import ChannelGraph
-from autoprune.masking import channel_owners
-from autoprune.scoring import Batches, ScoreRecord, SlicedScorer, clearly_worse
+from autoprune.masking import Predictions, channel_owners
+from autoprune.scoring import Batches, ScoreRecord, SlicedScorer
 
 
 class CandidateBatchNorm(nn.Module):
@@ -154,9 +154,9 @@ class CandidateNetwork:
             norm.rows = self._rows
 
     @torch.no_grad()
-    def predictions(self, x: torch.Tensor, calibrate: bool = False) -> torch.Tensor:
-        """Each selected candidate's predicted classes on `x` (rows × len(x)); `calibrate` updates its BN
-        statistics with this batch."""
+    def predictions(self, x: torch.Tensor, y: torch.Tensor, calibrate: bool = False) -> Predictions:
+        """Each selected candidate's predictions on labelled `x` (tensors of rows × len(x)); `calibrate` updates
+        its BN statistics with this batch."""
         n = len(self._rows)
         for norm in self.norms:
             norm.calibrating = calibrate
@@ -165,7 +165,8 @@ class CandidateNetwork:
         finally:
             for norm in self.norms:
                 norm.calibrating = False
-        return logits.argmax(1).view(n, len(x))
+        out = Predictions.of(logits, y.repeat(n))
+        return Predictions(out.correct.view(n, len(x)), out.confidence.view(n, len(x)))
 
 
 class BatchedScorer(SlicedScorer):
@@ -230,64 +231,80 @@ class BatchedScorer(SlicedScorer):
     def prefetch_probes(self, keeps: Sequence[np.ndarray]) -> None:
         """Probe `keeps` now, in batches (first stage only, paired with the whole network, as `probe`)."""
         base_score, base_head = self.base()
-        step = max(1, min(self.candidates, self.max_images // max(self._recal_batch(), 1)))
         keeps = [self.graph.check_mask(k) for k in keeps]
-        for start in range(0, len(keeps), step):
-            batch = keeps[start : start + step]
+        for start in range(0, len(keeps), self._step()):
+            batch = keeps[start : start + self._step()]
             self.passes.append(len(batch))
             self.network.load(np.stack(batch))
-            heads = self._first_stage()
-            for keep, head in zip(batch, heads, strict=True):
-                value = base_score + float((head.double() - base_head.double()).mean())
+            for keep, head in zip(batch, self._first_stage(race=False), strict=True):
+                value = base_score + float((head.correct.double() - base_head.correct.double()).mean())
                 self.evaluations += 1
                 self.images_forwarded += len(head)
                 self._probes[keep.tobytes()] = ScoreRecord(score=value, images=len(head), full=False)
 
-    def _first_stage(self) -> torch.Tensor:
-        """Loaded candidates' first-stage correctness: predictions of the recalibration pass, else the first
-        `race_samples` validation images (candidates × images)."""
-        if self.recalibration:
-            return torch.cat([self.network.predictions(x, True) == y for x, y in self.recalibration], dim=1)
-        return self._correct(0, self.race_samples)
+    def _first_stage(self, race: bool) -> list[Predictions]:
+        """Each loaded candidate's first-stage predictions: those of the recalibration pass (with `race`, a
+        candidate clearly worse than the incumbent halfway leaves the pass there), else the first
+        `race_samples` validation images."""
+        n = len(self.network._rows)
+        if not self.recalibration:
+            p = self._predict(0, self.race_samples)
+            return [Predictions(p.correct[i], p.confidence[i]) for i in range(n)]
+        parts: list[list[Predictions]] = [[] for _ in range(n)]
+        active, seen, checkpoints = list(range(n)), 0, self.checkpoints()
+        for x, y in self.recalibration:
+            self.network.select(active)
+            p = self.network.predictions(x, y, calibrate=True)
+            for row, i in enumerate(active):
+                parts[i].append(Predictions(p.correct[row], p.confidence[row]))
+            seen += len(y)
+            if race and self._best is not None and seen in checkpoints:
+                active = [i for i in active if not self.worse(Predictions.cat(parts[i]), self._best[1])[0]]
+                if not active:
+                    break
+        return [Predictions.cat(part) for part in parts]
 
     def score_many(self, keeps: Sequence[np.ndarray]) -> list[ScoreRecord]:
         """Score `keeps` in batches of `candidates` (racing as the class docstring says)."""
         records: list[ScoreRecord] = []
-        step = max(1, min(self.candidates, self.max_images // max(self._recal_batch(), 1)))
-        for start in range(0, len(keeps), step):
-            records += self._score_batch([self.graph.check_mask(k) for k in keeps[start : start + step]])
+        for start in range(0, len(keeps), self._step()):
+            records += self._score_batch([self.graph.check_mask(k) for k in keeps[start : start + self._step()]])
         if records:
             self.last = records[-1]
         return records
 
-    def _recal_batch(self) -> int:
-        return max((len(x) for x, _ in self.recalibration), default=0)
+    def _step(self) -> int:
+        """Candidates per pass: `candidates`, fewer where one recalibration batch each would exceed `max_images`."""
+        recal_batch = max((len(x) for x, _ in self.recalibration), default=1)
+        return max(1, min(self.candidates, self.max_images // recal_batch))
 
-    def _correct(self, start: int, stop: int) -> torch.Tensor:
-        """Selected candidates' correctness on validation images `start:stop` (rows × images)."""
+    def _predict(self, start: int, stop: int) -> Predictions:
+        """Selected candidates' predictions on validation images `start:stop` (rows × images)."""
         rows = len(self.network._rows)
         size = max(1, min(self.batch_size, self.max_images // rows))
         parts = [
-            self.network.predictions(self.x[i : min(i + size, stop)]) == self.y[i : min(i + size, stop)]
+            self.network.predictions(self.x[i : min(i + size, stop)], self.y[i : min(i + size, stop)])
             for i in range(start, stop, size)
         ]
-        return torch.cat(parts, dim=1) if parts else torch.zeros(rows, 0, dtype=torch.bool)
+        if not parts:
+            return Predictions(torch.zeros(rows, 0, dtype=torch.bool), torch.zeros(rows, 0))
+        return Predictions(torch.cat([p.correct for p in parts], 1), torch.cat([p.confidence for p in parts], 1))
 
     def _score_batch(self, keeps: list[np.ndarray]) -> list[ScoreRecord]:
         n = len(keeps)
         self.passes.append(n)
         self.network.load(np.stack(keeps))
-        heads = self._first_stage()
+        heads = self._first_stage(race=True)
         first = 0 if self.recalibration else self.race_samples
-        cost = [heads.shape[1]] * n
+        cost = [len(head) for head in heads]
         incumbent = self._best
-        going = [i for i in range(n) if incumbent is None or not clearly_worse(heads[i], incumbent[1], self.z)[0]]
+        going = [i for i in range(n) if incumbent is None or not self.worse(heads[i], incumbent[1])[0]]
         full: dict[int, float] = {}
         if going:
             self.network.select(going)
-            rest = self._correct(first, self.num_samples)
+            rest = self._predict(first, self.num_samples).correct
             for row, i in enumerate(going):
-                correct = rest[row] if self.recalibration else torch.cat([heads[i], rest[row]])
+                correct = rest[row] if self.recalibration else torch.cat([heads[i].correct, rest[row]])
                 full[i] = float(correct.double().mean()) if self.num_samples else 0.0
                 cost[i] += rest.shape[1]
         records = []
@@ -298,7 +315,7 @@ class BatchedScorer(SlicedScorer):
                 if self._best is None or value > self._best[0]:
                     self._best = (value, heads[i])
             else:
-                value = incumbent[0] + float((heads[i].double() - incumbent[1].double()).mean())
+                value = incumbent[0] + self.worse(heads[i], incumbent[1])[1]
             self.evaluations += 1
             self.images_forwarded += cost[i]
             records.append(ScoreRecord(score=value, images=cost[i], full=i in full))

@@ -9,7 +9,8 @@ same function as the pruned one; `tests/test_equivalence.py` checks that for eve
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -184,13 +185,45 @@ def restore_bn(model: nn.Module, state: dict) -> None:
         bn.num_batches_tracked.copy_(count)
 
 
+class Predictions(NamedTuple):
+    """Per-image outcome of a pass over labelled images: `correct` (bool) and `confidence`, the softmax
+    probability of the true class (a lower-variance signal of the same thing)."""
+
+    correct: torch.Tensor
+    confidence: torch.Tensor
+
+    @staticmethod
+    def of(logits: torch.Tensor, labels: torch.Tensor) -> Predictions:
+        probability = logits.float().softmax(1).gather(1, labels.view(-1, 1).long()).squeeze(1)
+        return Predictions(logits.argmax(1) == labels, probability)
+
+    @staticmethod
+    def cat(parts: Sequence[Predictions]) -> Predictions:
+        if not parts:
+            return Predictions(torch.zeros(0, dtype=torch.bool), torch.zeros(0))
+        return Predictions(torch.cat([p.correct for p in parts]), torch.cat([p.confidence for p in parts]))
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return len(self.correct)
+
+
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def recalibrate_bn(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    stop: Callable[[Predictions], bool] | None = None,
+) -> Predictions:
     """Re-estimate BatchNorm statistics on `batches` (cumulative average), leaving the model in eval mode.
 
+    Args:
+        model: the network (modified in place).
+        batches: labelled training batches.
+        stop: called with the predictions so far after each batch; True ends the pass there (the statistics
+            are then those of the batches seen).
+
     Returns:
-        Per-image correctness (bool) of the predictions made on the way (each batch normalised by its own
-        statistics): `autoprune.scoring` races candidates on it.
+        The predictions made on the way (each batch normalised by its own statistics): `autoprune.scoring` races
+        candidates on them.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in bns]
@@ -198,15 +231,17 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
         bn.reset_running_stats()
         bn.momentum = None
         bn.train()
-    correct = []
+    parts: list[Predictions] = []
     try:
         for x, y in batches:
-            correct.append(model(x).argmax(1) == y)
+            parts.append(Predictions.of(model(x), y))
+            if stop is not None and stop(Predictions.cat(parts)):
+                break
     finally:
         for bn, momentum in zip(bns, momenta, strict=True):
             bn.momentum = momentum
         model.eval()
-    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
+    return Predictions.cat(parts)
 
 
 class MaskedEvaluator:

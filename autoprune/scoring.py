@@ -8,11 +8,13 @@ candidate at 50% FLOPs costs about half a masked pass. It then spends images whe
    (in train mode, each batch normalised by its own statistics), so their predictions are recorded. Without
    recalibration, the first `race_samples` validation images are the first stage.
 2. The candidate is compared *paired* with the incumbent (the best candidate scored on every image so far) on
-   those same images: ``d = mean(correct_cand - correct_best)`` with standard error ``se`` over the images.
-   Networks that differ in a few channels err on mostly the same images, so ``se`` is small and the test sharp.
+   those same images, by the probability each gives the true class (`confidence`, a lower-variance signal than
+   0/1 correctness): ``d = mean(conf_cand - conf_best)`` with standard error ``se`` over the images. Networks
+   that differ in a few channels are confident on mostly the same images, so ``se`` is small and the test sharp.
 3. If ``d + z · se < 0`` the candidate cannot plausibly beat the incumbent: it stops there and its score is the
-   control-variate estimate ``best_full + d``. Otherwise it is scored on the validation images and its score is
-   its validation accuracy (and it becomes the incumbent if it beats it).
+   control-variate estimate ``best_full + d``. The test is made halfway through the recalibration batches too,
+   so a clearly worse candidate stops after half of them. Otherwise it is scored on the validation images and
+   its score is its validation accuracy (and it becomes the incumbent if it beats it).
 
 So a reported best score is always a full validation score; only candidates judged worse are estimated.
 `z = inf` switches racing off.
@@ -30,7 +32,7 @@ import torch
 from torch import nn
 
 from autoprune.graph.channel_graph import ChannelGraph
-from autoprune.masking import recalibrate_bn
+from autoprune.masking import Predictions, recalibrate_bn
 from autoprune.pruning import apply_kept_channels
 from autoprune.reconstruct import Targets, reconstruct
 
@@ -52,18 +54,18 @@ class ScoreRecord:
     full: bool
 
 
-def clearly_worse(correct: torch.Tensor, incumbent: torch.Tensor, z: float) -> tuple[bool, float]:
+def clearly_worse(signal: torch.Tensor, incumbent: torch.Tensor, z: float) -> tuple[bool, float]:
     """Paired racing test on the same images: is the candidate at least `z` standard errors below?
 
     Args:
-        correct: the candidate's per-image correctness.
-        incumbent: the incumbent's on the same images.
+        signal: the candidate's per-image signal (correctness or confidence).
+        incumbent: the incumbent's on the same images (its first `len(signal)` are used).
         z: standard errors of the paired mean difference (inf: never).
 
     Returns:
-        (whether to stop the candidate, the mean difference of accuracy candidate − incumbent).
+        (whether to stop the candidate, the mean difference candidate − incumbent).
     """
-    diff = correct.double() - incumbent.double()
+    diff = signal.double() - incumbent[: len(signal)].double()
     d = float(diff.mean()) if len(diff) else 0.0
     if len(diff) < 2 or math.isinf(z):
         return False, d
@@ -113,16 +115,24 @@ class SlicedScorer:
         self.images_forwarded = 0
         self.evaluations = 0
         self.full_evaluations = 0
-        self._best: tuple[float, torch.Tensor] | None = None  # incumbent's score and first-stage correctness
-        self._base: tuple[float, torch.Tensor] | None = None  # the same for the whole network, for probes
+        self._best: tuple[float, Predictions] | None = None  # incumbent's score and first-stage predictions
+        self._base: tuple[float, Predictions] | None = None  # the same for the whole network, for probes
         self.last: ScoreRecord | None = None
 
     @property
     def num_samples(self) -> int:
         return len(self.y)
 
-    def prepare(self, keep: np.ndarray) -> tuple[nn.Module, torch.Tensor]:
-        """The pruned, BN-recalibrated copy a candidate is scored with, and its first-stage correctness."""
+    def checkpoints(self) -> set[int]:
+        """Images into the recalibration pass after which racing tests a candidate early (halfway)."""
+        sizes = [len(y) for _, y in self.recalibration]
+        half = (len(sizes) + 1) // 2
+        return {sum(sizes[:half])} if len(sizes) > 1 else set()
+
+    def prepare(self, keep: np.ndarray, race: bool = False) -> tuple[nn.Module, Predictions]:
+        """The pruned, BN-recalibrated copy a candidate is scored with, and its first-stage predictions; with
+        `race`, the recalibration stops halfway when the candidate is already clearly worse than the incumbent
+        (then fewer first-stage predictions come back)."""
         kept = self.graph.kept_channels(self.graph.check_mask(keep))
         net = apply_kept_channels(copy.deepcopy(self.model), kept)
         if self.reconstruction and self.recalibration:
@@ -131,43 +141,56 @@ class SlicedScorer:
                 self.images_forwarded += len(self._targets.x)
             self.images_forwarded += reconstruct(self.model, net, kept, targets=self._targets).images
         if self.recalibration:
-            head = recalibrate_bn(net, self.recalibration)
+            checkpoints, best = self.checkpoints(), self._best
+
+            def stop(seen: Predictions) -> bool:
+                return bool(race and best and len(seen) in checkpoints and self.worse(seen, best[1])[0])
+
+            head = recalibrate_bn(net, self.recalibration, stop=stop)
             self.images_forwarded += len(head)
             return net, head
-        return net.eval(), self.correct(net, 0, self.race_samples)
+        return net.eval(), self.predict(net, 0, self.race_samples)
+
+    def worse(self, head: Predictions, incumbent: Predictions) -> tuple[bool, float]:
+        """`clearly_worse` on the first-stage confidences."""
+        return clearly_worse(head.confidence, incumbent.confidence, self.z)
 
     @torch.no_grad()
-    def correct(self, net: nn.Module, start: int, stop: int) -> torch.Tensor:
-        """Per-image correctness (bool) of `net` on validation images `start:stop`."""
-        out = [
-            net(self.x[i : min(i + self.batch_size, stop)]).argmax(1) == self.y[i : min(i + self.batch_size, stop)]
+    def predict(self, net: nn.Module, start: int, stop: int) -> Predictions:
+        """Per-image predictions of `net` on validation images `start:stop`."""
+        parts = [
+            Predictions.of(net(self.x[i : min(i + self.batch_size, stop)]), self.y[i : min(i + self.batch_size, stop)])
             for i in range(start, stop, self.batch_size)
         ]
         self.images_forwarded += max(stop - start, 0)
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+        return Predictions.cat(parts)
 
-    def accuracy(self, net: nn.Module, head: torch.Tensor) -> float:
+    def accuracy(self, net: nn.Module, head: Predictions) -> float:
         """Validation accuracy of a prepared network (reusing the first stage when it was validation images)."""
         if self.recalibration:
-            parts = [self.correct(net, 0, self.num_samples)]
+            parts = [self.predict(net, 0, self.num_samples).correct]
         else:
-            parts = [head, self.correct(net, self.race_samples, self.num_samples)]
+            parts = [head.correct, self.predict(net, self.race_samples, self.num_samples).correct]
         return float(torch.cat(parts).double().mean()) if self.num_samples else 0.0
 
     def __call__(self, keep: np.ndarray | None) -> float:
         """Score of `keep` (None: the unpruned network, as it is); see the module docstring for racing."""
         if keep is None:
-            return float(self.correct(self.model, 0, self.num_samples).double().mean()) if self.num_samples else 0.0
+            return (
+                float(self.predict(self.model, 0, self.num_samples).correct.double().mean())
+                if self.num_samples
+                else 0.0
+            )
         return self.score(keep).score
 
     def score(self, keep: np.ndarray) -> ScoreRecord:
         """Score `keep` and say what it cost; also kept as `last`."""
         before = self.images_forwarded
-        net, head = self.prepare(keep)
+        net, head = self.prepare(keep, race=True)
         full = True
         if self._best is not None:
             best_score, best_head = self._best
-            worse, d = clearly_worse(head, best_head, self.z)
+            worse, d = self.worse(head, best_head)
             if worse:
                 full, value = False, best_score + d
         if full:
@@ -185,8 +208,8 @@ class SlicedScorer:
     def prefetch(self, keeps: Sequence[np.ndarray]) -> None:
         """Score `keeps` ahead where batching pays (`BatchedScorer`); here each is scored when asked for."""
 
-    def base(self) -> tuple[float, torch.Tensor]:
-        """The whole network's score and first-stage correctness, recalibrated as candidates are (for probes)."""
+    def base(self) -> tuple[float, Predictions]:
+        """The whole network's score and first-stage predictions, recalibrated as candidates are (for probes)."""
         if self._base is None:
             net, head = self.prepare(self.graph.full_mask())
             self._base = (self.accuracy(net, head), head)
@@ -202,7 +225,7 @@ class SlicedScorer:
         before = self.images_forwarded
         base_score, base_head = self.base()
         _, head = self.prepare(keep)
-        value = base_score + float((head.double() - base_head.double()).mean())
+        value = base_score + float((head.correct.double() - base_head.correct.double()).mean())
         self.evaluations += 1
         self.last = ScoreRecord(score=value, images=self.images_forwarded - before, full=False)
         return self.last
