@@ -8,6 +8,7 @@ from typing import Any
 import gymnasium as gym
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv
 
 from .policy import GATPolicy
@@ -94,7 +95,7 @@ def make_ppo(
     ppo_kwargs.setdefault("gamma", 0.99)
     ppo_kwargs.setdefault("gae_lambda", 0.95)
     ppo_kwargs.setdefault("verbose", 0)
-    return PPO(
+    ppo = PPO(
         GATPolicy,
         env,
         learning_rate=learning_rate,
@@ -107,6 +108,10 @@ def make_ppo(
         policy_kwargs=policy_kwargs,
         **ppo_kwargs,
     )
+    if tensorboard_log is None and not ppo.verbose:
+        # Without a logger of its own, every `learn` call leaves an empty folder SB3-<time> in the temp dir.
+        ppo.set_logger(Logger(folder=None, output_formats=[]))
+    return ppo
 
 
 def train(ppo: PPO, evaluations: int, callback: BaseCallback | EvalHook | None = None) -> PPO:

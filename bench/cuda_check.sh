@@ -3,7 +3,7 @@
 #
 # Expects the project's wheel and its missing dependencies in .whl/ (pip download / pip wheel, see
 # bench/README.md) and the shared CIFAR-10 tarball and ResNet weights in .devdata/. Runs the CUDA tests and the
-# graph/equivalence tests, then the ResNet-56 quality study on the GPU for at most STUDY_SECONDS, and leaves the
+# graph/equivalence/batched-scoring tests and the throughput bench, then the ResNet-56 quality study on the GPU for at most STUDY_SECONDS, and leaves the
 # log, the table, the plot and the finished run directories (as runs.tgz) in $OUT.
 set -u
 OUT=${OUT:-/tmp/out}
@@ -22,7 +22,12 @@ $py -c "import torch, torch_geometric, torch_pruning; print('torch', torch.__ver
 
 # From outside the checkout, so that `import autoprune` finds the installed package, not ./autoprune.
 (cd /tmp && $py -m pytest -q -p no:cacheprovider "$repo/tests/test_cuda.py" "$repo/tests/test_equivalence.py" \
-    "$repo/tests/test_graph.py" -rs 2>&1 | tail -25)
+    "$repo/tests/test_graph.py" "$repo/tests/test_batched_scoring.py" -rs 2>&1 | tail -25)
+
+# Candidates per second with K candidates per pass (issue: >= 100 ResNet-56 evaluations per second on one GPU).
+timeout 240 $py bench/throughput.py --model resnet56 --weights .devdata/resnet56-cifar10jpeg.pt \
+    --data-dir .devdata/cifar10-jpeg.tar.gz --target-flops 0.5 --masks 128 --candidate-batch 64 --threads 8 \
+    --results "$OUT/throughput.md"
 
 study=(--model resnet56 --weights .devdata/resnet56-cifar10jpeg.pt --data-dir .devdata/cifar10-jpeg.tar.gz
     --methods rl global-magnitude global-taylor random-search random-masks l1-uniform --targets 0.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -140,3 +141,14 @@ def test_batched_scoring_of_reconstructed_candidates_is_refused_in_one_line() ->
     result = run_cli("search", "--candidate-batch", "4", "--score-with-reconstruction", "--quiet")
     assert result.returncode != 0 and "--candidate-batch 1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_batched_scores_on_the_gpu_equal_cpu_scores(resnet) -> None:
+    model, graph, val, recal, keeps = resnet
+    cpu = SlicedScorer(model, graph, val, recal, z=math.inf)
+    gpu_model = copy.deepcopy(model).cuda()
+    to_gpu = [(x.cuda(), y.cuda()) for x, y in val], [(x.cuda(), y.cuda()) for x, y in recal]
+    gpu = BatchedScorer(gpu_model, graph, *to_gpu, z=math.inf, candidates=len(keeps))
+    expected = [cpu.score(k).score for k in keeps]
+    assert [r.score for r in gpu.score_many(keeps)] == pytest.approx(expected, abs=1.5 / 96)

@@ -247,3 +247,14 @@ def test_warm_start_policy_has_the_global_ranking_as_its_mode():
     assert torch.allclose(head.bias, torch.as_tensor(logits, dtype=torch.float32))
     with pytest.raises(ValueError, match="one value per decision"):
         DecisionLogits(latent_dim=4, num_decisions=3, init_logit=[0.0, 1.0])
+
+
+def test_training_leaves_no_logger_folder_in_the_temp_dir(graph, tmp_path, monkeypatch):
+    import tempfile
+
+    from autoprune.agents.ppo import train
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ppo = make_ppo(make_env(graph), seed=0, n_steps=4, batch_size=4, policy_kwargs={"features_extractor_kwargs": SMALL})
+    train(ppo, 4)
+    assert not list(tmp_path.glob("SB3-*"))  # SB3's default logger would make one per `learn`
