@@ -75,6 +75,7 @@ def run_one(name: str, seed: int = 0) -> dict:
     from autoprune.constraints import Constraints, project
     from autoprune.errors import AutopruneError
     from autoprune.graph import build_channel_graph
+    from autoprune.graph.depgraph import LayersAsModules
     from autoprune.masking import ChannelMasker
     from autoprune.plan import Plan
     from autoprune.pruning import prune_model
@@ -114,7 +115,8 @@ def run_one(name: str, seed: int = 0) -> dict:
         with torch.no_grad():
             got = pruned(x)
         row["rel_diff"] = float((got - masked).abs().max() / masked.abs().max().clamp(min=1e-12))
-        counted, _ = tp.utils.count_ops_and_params(pruned, example)
+        with LayersAsModules():  # layers called through `F.linear` (Swin's attention) counted too
+            counted, _ = tp.utils.count_ops_and_params(pruned, example)
         row["flops_rel_err"] = abs(graph.flops(keep) - counted) / counted
         plan = Plan.from_dict(json.loads(json.dumps(Plan.from_mask(model, graph, keep).to_dict())))
         with torch.no_grad():

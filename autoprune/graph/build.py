@@ -21,6 +21,7 @@ from autoprune.graph.channel_graph import (
     members_by_node,
     module_channels,
 )
+from autoprune.graph.depgraph import LayersAsModules
 from autoprune.graph.tracing import IN, OUT, trace_groups
 
 WEIGHTED = ("conv", "dwconv", "gconv", "linear")
@@ -62,10 +63,11 @@ def build_channel_graph(
 
     trace = trace_groups(model, example_input)
     attention = {n: m for n, m in names.items() if isinstance(m, nn.MultiheadAttention)}
-    shapes = _io_shapes(model, example_input)
-    total_flops, total_params, layer_flops, layer_params = tp.utils.count_ops_and_params(
-        model, example_input, layer_wise=True
-    )
+    with LayersAsModules():  # layers used through `F.linear` counted too
+        shapes = _io_shapes(model, example_input)
+        total_flops, total_params, layer_flops, layer_params = tp.utils.count_ops_and_params(
+            model, example_input, layer_wise=True
+        )
     layers = _layers(model, trace, shapes, layer_flops, layer_params)
     groups = _groups(trace, layers, ignore | _output_layers(trace, layers), min_channels)
 

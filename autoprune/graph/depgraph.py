@@ -15,9 +15,10 @@ maps indices through it:
   (no index crosses it) and `build_channel_graph` freezes every group that reaches it, with the reason.
 
 A layer whose weight is used functionally (`F.linear(x, self.qkv.weight, bias)`, as Swin's attention does) never
-runs its own forward, so torch-pruning cannot see it and couples its input and output channels as if it were an
-element-wise op. During the trace such a call runs the module itself, so that its node is the layer; the trace's
-forward is only read for its structure, so the module's own bias standing in for the caller's is harmless.
+runs its own forward, so torch-pruning cannot see it: it coupled the layer's input and output channels as if it
+were an element-wise op (Swin: a concat of unknown width; Swin V2: index lists that grew until memory ran out) and
+its counter left the layer's FLOPs out. During the trace and the counting such a call runs the module itself
+(`LayersAsModules`), so that its node is the layer and its cost is counted.
 """
 
 from __future__ import annotations
@@ -32,36 +33,68 @@ from torch.overrides import TorchFunctionMode
 from torch_pruning.dependency import shape_infer
 
 
-class _TraceRecorder(TorchFunctionMode):
-    """Records the shape of every tensor an op returns (by its grad_fn); routes `F.linear(x, layer.weight, ...)`
-    through `layer` when the layer is not already running."""
+class LayersAsModules(TorchFunctionMode):
+    """While active, `F.linear(x, layer.weight, ...)` called inside a module that owns `layer` (an `nn.Linear`
+    not running already) runs `layer(x)`, so that forward hooks (torch-pruning's tracing and FLOPs counter) see it.
 
-    def __init__(self, model: nn.Module) -> None:
+    The owner is looked up at call time among the running modules, so copies of a model (torch-pruning's counter
+    counts a deep copy) are covered. The layer's own bias stands in for the caller's (Swin V2 passes a copy with
+    the key bias zeroed): use it for passes read for their structure or cost, not for outputs.
+    """
+
+    def __init__(self) -> None:
         super().__init__()
-        self.shapes: dict[object, tuple[int, ...]] = {}
-        self.linears = {id(m.weight): m for m in model.modules() if isinstance(m, nn.Linear)}
-        self.running: set[int] = set()
-        self.hooks = []
-        for m in self.linears.values():
-            self.hooks.append(m.register_forward_pre_hook(lambda mod, _: self.running.add(id(mod))))
-            self.hooks.append(m.register_forward_hook(lambda mod, _i, _o: self.running.discard(id(mod))))
+        self.running: list[nn.Module] = []
+        self.hooks: list = []
+
+    def __enter__(self):
+        self.hooks = [
+            nn.modules.module.register_module_forward_pre_hook(lambda mod, _: self.running.append(mod)),
+            nn.modules.module.register_module_forward_hook(lambda mod, _i, _o: self._leave(mod)),
+        ]
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for h in self.hooks:
+            h.remove()
+        self.hooks, self.running = [], []
+        return super().__exit__(*exc)
+
+    def _leave(self, module: nn.Module) -> None:
+        if self.running and self.running[-1] is module:
+            self.running.pop()
+
+    def _owner(self, weight) -> nn.Linear | None:
+        if not self.running or not isinstance(weight, nn.Parameter):
+            return None
+        if any(isinstance(m, nn.Linear) and m.weight is weight for m in self.running):
+            return None  # the layer's own forward
+        for m in self.running[-1].modules():
+            if isinstance(m, nn.Linear) and m.weight is weight:
+                return m
+        return None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        weight = args[1] if len(args) > 1 else kwargs.get("weight")
-        layer = self.linears.get(id(weight)) if func is F.linear else None
-        if layer is not None and id(layer) not in self.running:
-            out = layer(args[0] if args else kwargs["input"])
-        else:
-            out = func(*args, **kwargs)
+        layer = self._owner(args[1] if len(args) > 1 else kwargs.get("weight")) if func is F.linear else None
+        if layer is not None:
+            return layer(args[0] if args else kwargs["input"])
+        return func(*args, **kwargs)
+
+
+class _TraceRecorder(LayersAsModules):
+    """`LayersAsModules` that also records the shape of every tensor an op returns, by its grad_fn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: dict[object, tuple[int, ...]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = super().__torch_function__(func, types, args, kwargs)
         for t in out if isinstance(out, tuple | list) else (out,):
             if isinstance(t, torch.Tensor) and t.grad_fn is not None:
                 self.shapes[t.grad_fn] = tuple(t.shape)
         return out
-
-    def remove(self) -> None:
-        for h in self.hooks:
-            h.remove()
 
 
 def _stop(idxs: list) -> list:
@@ -102,13 +135,12 @@ class DependencyGraph(tp.DependencyGraph):
 
     def build_dependency(self, model: nn.Module, example_inputs, **kwargs) -> DependencyGraph:
         self.opaque: dict[tp.dependency.Node, str] = {}
-        recorder = _TraceRecorder(model)
+        recorder = _TraceRecorder()
         self._shapes = recorder.shapes
         try:
             with recorder:
                 super().build_dependency(model, example_inputs=example_inputs, **kwargs)
         finally:
-            recorder.remove()
             self._shapes = {}
         return self
 
