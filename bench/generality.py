@@ -31,11 +31,18 @@ RESULTS = Path(__file__).parent / "results"
 SMALL_SIZE = 128
 """Spatial size of the input, to save CPU: the convolutional models take any size this large."""
 NOTES = (
-    "Notes (2026-11-30 run): MaxViT also timed out with 600 s at 224 pixels (where the time goes was not "
-    "measured); Swin V2's tracing inside torch-pruning grew past 19 GB before the per-model memory limit (10 GiB) "
-    "was added. ViT's embedding group is frozen because torchvision's ViT reshapes by `self.hidden_dim`, a width "
-    "written in its code; its MLP widths are pruned. Times are on a machine shared with other sessions (load "
-    "average 5-7 on 2 cores), so they are upper bounds."
+    "Notes (2026-11-30 run). ShuffleNet V2: each stage's residual stream passes a channel shuffle (`view` to "
+    "(N, 2, C/2, H, W), `transpose`, `view` back: a permutation torch-pruning cannot map), so the groups reaching it "
+    "are frozen with that reason; the bottleneck widths and the last 1x1 conv are pruned (95-96% of the FLOPs). "
+    "Swin, Swin V2 and MaxViT: the MLP widths (and MaxViT's MBConv widths) are pruned; the residual stream and the "
+    "qkv width stay frozen, since the attention splits its input into heads by the input's width (`C // num_heads`, "
+    "written in the code). Swin's qkv and output projections are called through `F.linear`; they are traced and "
+    "counted as layers (torch-pruning's counter alone leaves them out, which had overstated Swin's prunable share). "
+    "Swin V1 runs at 224 pixels: at 128 its 7-token windows are padded and only 41-43% of its FLOPs are prunable, "
+    "short of the 50% budget. vit_h_14 and regnet_y_128gf ran with `--memory-gb 16` (about 630M parameters: the "
+    "10 GiB default address-space limit is too small for them). ViT's embedding group is frozen because "
+    "torchvision's ViT reshapes by `self.hidden_dim`, a width written in its code; its MLP widths are pruned. Times "
+    "are on 2 cores shared with other work (load average about 3.5), so they are upper bounds."
 )
 BUDGET = 0.5
 TOLERANCE = 1e-4
@@ -56,8 +63,10 @@ def import_torchvision_models() -> types.ModuleType:
 
 
 def input_size(name: str) -> int:
-    """128, except MaxViT (224: its windows need it) and ViT (built for 112, or 128 with 32-pixel patches)."""
-    if name.startswith("maxvit"):
+    """128, except MaxViT and Swin V1 (224: MaxViT's windows need it; Swin's 7-token windows tile 224 pixels, while
+    at 128 they are padded, which triples the attention's cost in the late stages) and ViT (built for 112, or 128
+    with 32-pixel patches)."""
+    if name.startswith("maxvit") or name in ("swin_t", "swin_s", "swin_b"):
         return 224
     if name.startswith("vit"):
         return 128 if name.endswith("_32") else 112
@@ -184,12 +193,12 @@ def write_table(source: Path, target: Path) -> None:
         "# Generality: torchvision classification models",
         "",
         f"torchvision {version}, torch {torch.__version__}, random init, batch 1, CPU with `OMP_NUM_THREADS=1` "
-        "(2 cores shared with other work). Input 3x128x128, except MaxViT (3x224x224, which its windows need) "
-        "and ViT (built with `image_size` 112, or 128 for 32-pixel patches). A random mask is projected onto 50% "
-        "of the FLOPs; `diff` is max |masked - pruned| relative to the largest output, `FLOPs err` the graph's "
-        "count against torch-pruning's counter on the pruned model, `plan` whether the plan, through JSON, "
-        "applies to a fresh copy and gives the same outputs. `work s` is conversion (with validation), pruning "
-        "and the checks; `wall s` adds the process start, imports and building the model.",
+        "(2 cores shared with other work). Input 3x128x128, except MaxViT and Swin V1 (3x224x224, which their "
+        "windows need or tile) and ViT (built with `image_size` 112, or 128 for 32-pixel patches). A random mask "
+        "is projected onto 50% of the FLOPs; `diff` is max |masked - pruned| relative to the largest output, "
+        "`FLOPs err` the graph's count against torch-pruning's counter on the pruned model, `plan` whether the "
+        "plan, through JSON, applies to a fresh copy and gives the same outputs. `work s` is conversion (with "
+        "validation), pruning and the checks; `wall s` adds the process start, imports and building the model.",
         "",
         "Command: `OMP_NUM_THREADS=1 python bench/generality.py && python bench/generality.py --table` "
         f"(table written {time.strftime('%Y-%m-%d')}; torchvision installed as `bench/README.md` says).",
