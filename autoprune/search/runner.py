@@ -322,8 +322,8 @@ def _scorer_with_keep(problem: Problem, constraints: Constraints, tracker: Track
         )  # fmt: skip
         return record.score
 
-    score.prefetch = problem.evaluator.prefetch  # type: ignore[attr-defined]  # batches for `Harness.prefetch`
-    score.candidates = problem.evaluator.candidates  # type: ignore[attr-defined]
+    score.prefetch = getattr(problem.evaluator, "prefetch", None)  # type: ignore[attr-defined]  # `Harness.prefetch`
+    score.candidates = _candidates(problem)  # type: ignore[attr-defined]
     return score
 
 
@@ -338,8 +338,13 @@ def _prober(problem: Problem, constraints: Constraints, tracker: Tracker):
         )  # fmt: skip
         return record.score
 
-    probe.prefetch = problem.evaluator.prefetch_probes  # type: ignore[attr-defined]  # one batch for a sweep
+    probe.prefetch = getattr(problem.evaluator, "prefetch_probes", None)  # type: ignore[attr-defined]  # for a sweep
     return probe
+
+
+def _candidates(problem: Problem) -> int:
+    """Candidates the problem's scorer takes per pass (1 for score functions that score one at a time)."""
+    return int(getattr(problem.evaluator, "candidates", 1))
 
 
 def _ratios(constraints: Constraints, problem: Problem, keep: np.ndarray) -> dict[str, float]:
@@ -392,10 +397,10 @@ def _search_rl(
                 sensitivity=drops,
             )
 
-        if problem.evaluator.candidates > 1:  # one env per candidate of a batch, all scored in one pass
+        if _candidates(problem) > 1:  # one env per candidate of a batch, all scored in one pass
             from autoprune.envs.batched import BatchedVecEnv
 
-            env = BatchedVecEnv([make_env] * problem.evaluator.candidates, problem.evaluator.prefetch)
+            env = BatchedVecEnv([make_env] * _candidates(problem), problem.evaluator.prefetch)
         else:
             env = make_env()
     n_envs = getattr(env, "num_envs", 1)
