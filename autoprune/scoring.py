@@ -8,13 +8,15 @@ candidate at 50% FLOPs costs about half a masked pass. It then spends images whe
    (in train mode, each batch normalised by its own statistics), so their predictions are recorded. Without
    recalibration, the first `race_samples` validation images are the first stage.
 2. The candidate is compared *paired* with the incumbent (the best candidate scored on every image so far) on
-   those same images, by the probability each gives the true class (`confidence`, a lower-variance signal than
-   0/1 correctness): ``d = mean(conf_cand - conf_best)`` with standard error ``se`` over the images. Networks
-   that differ in a few channels are confident on mostly the same images, so ``se`` is small and the test sharp.
-3. If ``d + z · se < 0`` the candidate cannot plausibly beat the incumbent: it stops there and its score is the
-   control-variate estimate ``best_full + d``. The test is made halfway through the recalibration batches too,
-   so a clearly worse candidate stops after half of them. Otherwise it is scored on the validation images and
-   its score is its validation accuracy (and it becomes the incumbent if it beats it).
+   those same images: ``d = mean(correct_cand - correct_best)`` with standard error ``se`` over the images.
+   Networks that differ in a few channels err on mostly the same images, so ``se`` is small and the test sharp.
+3. If ``d + z · se < 0`` the candidate cannot plausibly beat the incumbent: it stops there. The test is made
+   halfway through the recalibration batches too, so a clearly worse candidate stops after half of them. A
+   stopped candidate's score is the control-variate estimate ``best_full + c``, where ``c`` is the paired mean
+   difference of the probability each gives the true class (its confidence: a lower-variance signal than 0/1
+   correctness, which orders the stopped candidates better; deciding on it stopped too many candidates that
+   were close to the incumbent). Otherwise the candidate is scored on the validation images and its score is its
+   validation accuracy (and it becomes the incumbent if it beats it).
 
 So a reported best score is always a full validation score; only candidates judged worse are estimated.
 `z = inf` switches racing off.
@@ -152,8 +154,10 @@ class SlicedScorer:
         return net.eval(), self.predict(net, 0, self.race_samples)
 
     def worse(self, head: Predictions, incumbent: Predictions) -> tuple[bool, float]:
-        """`clearly_worse` on the first-stage confidences."""
-        return clearly_worse(head.confidence, incumbent.confidence, self.z)
+        """Whether `head` is clearly worse than the incumbent's first stage (`clearly_worse` on correctness), and
+        the paired difference of their confidences (the estimate's offset)."""
+        stop, _ = clearly_worse(head.correct, incumbent.correct, self.z)
+        return stop, clearly_worse(head.confidence, incumbent.confidence, math.inf)[1]
 
     @torch.no_grad()
     def predict(self, net: nn.Module, start: int, stop: int) -> Predictions:
