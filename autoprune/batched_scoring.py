@@ -208,11 +208,7 @@ class BatchedScorer(SlicedScorer):
 
     def score(self, keep: np.ndarray) -> ScoreRecord:
         """The prefetched record of `keep` where there is one (counted when it was scored), else `SlicedScorer`'s."""
-        record = self._prefetched.pop(self.graph.check_mask(keep).tobytes(), None)
-        if record is None:
-            return super().score(keep)
-        self.last = record
-        return record
+        return self._take(self._prefetched, keep) or super().score(keep)
 
     def prefetch(self, keeps: Sequence[np.ndarray]) -> None:
         """Score `keeps` now, in batches; each later `score` of one of them returns its record."""
@@ -222,10 +218,13 @@ class BatchedScorer(SlicedScorer):
 
     def probe(self, keep: np.ndarray) -> ScoreRecord:
         """The prefetched probe of `keep` where there is one, else `SlicedScorer.probe`."""
-        record = self._probes.pop(self.graph.check_mask(keep).tobytes(), None)
-        if record is None:
-            return super().probe(keep)
-        self.last = record
+        return self._take(self._probes, keep) or super().probe(keep)
+
+    def _take(self, store: dict[bytes, ScoreRecord], keep: np.ndarray) -> ScoreRecord | None:
+        """Remove and return the record `store` holds for `keep` (also as `last`), or None."""
+        record = store.pop(self.graph.check_mask(keep).tobytes(), None)
+        if record is not None:
+            self.last = record
         return record
 
     def prefetch_probes(self, keeps: Sequence[np.ndarray]) -> None:
