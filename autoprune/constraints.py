@@ -116,8 +116,7 @@ def project(
     candidates = []
     for g in graph.prunable_groups:
         idx = g.offset + np.flatnonzero(keep[g.offset : g.offset + g.size])
-        floor = min(g.size, -(-graph.min_channels // graph.round_to) * graph.round_to)
-        spare = len(idx) - floor
+        spare = len(idx) - graph.width_floor(g.size)
         if spare > 0:
             candidates.append(idx[np.argsort(value[idx], kind="stable")[:spare]])
     if not candidates:
@@ -125,7 +124,7 @@ def project(
     order = np.concatenate(candidates)
     order = order[np.argsort(value[order], kind="stable")]
 
-    def dropped(k: int) -> np.ndarray:  # legalized inside the search: rounding up to `round_to` adds cost
+    def dropped(k: int) -> np.ndarray:  # legalized inside the search: rounding up to the group's step adds cost
         out = keep.copy()
         out[order[:k]] = 0
         return graph.legalize(out, priority)

@@ -20,6 +20,7 @@ start and the end, since timings on a shared machine are only as good as its qui
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -67,6 +68,32 @@ def search(config: SearchConfig, runs: Path, name: str, reuse: bool) -> Path:
     return runs / name
 
 
+def flops_budgets(graph, tables: dict, target: float) -> list[float]:
+    """FLOPs budgets for the searches the latency plans are compared with: per batch, the FLOPs at which uniform
+    widths meet `target` latency in that batch's table (what a FLOPs user would ask for), 15% below and above it
+    so that the FLOPs plans' measured latencies bracket the latency plans' (merged when closer than 0.02)."""
+    widths = np.linspace(0.2, 1.0, 81)
+    budgets: list[float] = []
+    for table in tables.values():
+        w = widths[np.argmin([abs(table.ratio(graph, uniform_width(graph, w)) - target) for w in widths])]
+        flops = graph.flops(uniform_width(graph, w)) / graph.base_flops
+        for f in (0.85 * flops, 1.15 * flops):
+            if all(abs(f - b) >= 0.02 for b in budgets):
+                budgets.append(round(f, 3))
+    return sorted(budgets)
+
+
+def at_latency(points: list[tuple[float, float]], latency: float) -> tuple[float | None, str]:
+    """Accuracy of the (measured latency, accuracy) points linearly interpolated at `latency`, with how: between
+    the two nearest points that bracket it, or None when none do."""
+    points = sorted(points)
+    for (l0, a0), (l1, a1) in itertools.pairwise(points):
+        if l0 <= latency <= l1:
+            w = 0.0 if l1 == l0 else (latency - l0) / (l1 - l0)
+            return a0 + w * (a1 - a0), f"between {l0:.3f} and {l1:.3f}"
+    return None, f"outside {points[0][0]:.3f}-{points[-1][0]:.3f}"
+
+
 def latency_study(args, runs: Path) -> list[str]:
     problem_config = ProblemConfig(
         model=args.model, weights=args.weights, data_dir=args.data_dir, eval_samples=args.eval_samples, device="cpu"
@@ -74,50 +101,59 @@ def latency_study(args, runs: Path) -> list[str]:
     problem = load_problem(problem_config)
     graph, model = problem.graph, problem.model
     tables = {b: latency_table(model, graph, b, "cpu", cache_dir=args.cache_dir) for b in args.batches}
-    # The FLOPs budget at which uniform widths meet 50% of the batch-64 latency (what a FLOPs user would ask for).
-    widths = np.linspace(0.2, 1.0, 81)
-    table = tables[max(args.batches)]
-    w = widths[np.argmin([abs(table.ratio(graph, uniform_width(graph, w)) - args.target) for w in widths])]
-    flops_budget = round(graph.flops(uniform_width(graph, w)) / graph.base_flops, 3)
+    if args.stage == "tables":
+        return [f"tables: batch {b}, {'cached' if t.from_cache else 'measured'}" for b, t in tables.items()]
+    budgets = flops_budgets(graph, tables, args.target)
     base = {"problem": problem_config, "evaluations": args.evaluations, "seed": args.seed, "target_flops": None}
+    configs = {
+        f"latency-b{b}": (
+            f"latency ≤ {args.target:.0%} @ batch {b}",
+            SearchConfig(**base, target_latency=args.target, latency_batch=b),
+        )
+        for b in args.batches
+    } | {
+        f"flops-{f:g}": (f"FLOPs ≤ {f:.1%}", SearchConfig(**{**base, "target_flops": f})) for f in budgets
+    }  # fmt: skip
     plans = {}
-    for b in args.batches:
-        config = SearchConfig(**base, target_latency=args.target, latency_batch=b)
-        plans[f"latency ≤ {args.target:.0%} @ batch {b}"] = search(config, runs, f"latency-b{b}", args.reuse)
-    config = SearchConfig(**{**base, "target_flops": flops_budget})
-    plans[f"FLOPs ≤ {flops_budget:.1%}"] = search(config, runs, "flops", args.reuse)
+    for run, (name, config) in configs.items():
+        if args.only and run not in args.only:
+            continue
+        plans[name] = search(config, runs, run, args.reuse)
+    if args.stage == "searches":
+        return [f"searched: {', '.join(plans)}"]
     loaded = {name: Plan.load(path / "plan.json") for name, path in plans.items()}
     nets = [model.eval()] + [plan.apply(model).eval() for plan in loaded.values()]
     lines = [
         f"### 1. Latency budget vs FLOPs budget ({args.model}, {args.evaluations} evaluations each)",
         "",
-        f"FLOPs budget of the FLOPs search: {flops_budget:.1%} (uniform widths at {w:.2f} meet "
-        f"{args.target:.0%} of the batch-{max(args.batches)} latency in the table). Measured: median over "
-        f"{args.rounds} paired rounds of pruned / unpruned forward time (interquartile range); estimate: the "
-        "search's latency table for that batch; error = estimate / measured − 1.",
+        f"FLOPs budgets of the FLOPs searches: {', '.join(f'{b:.1%}' for b in budgets)} (per batch, 15% below and "
+        f"above the FLOPs at which uniform widths meet {args.target:.0%} latency in that batch's table). Measured: "
+        f"median over paired rounds ({args.rounds} at batch 64, {args.rounds * 5} at batch 1) of pruned / unpruned "
+        "forward time (interquartile range); estimate: the search's latency table for that batch; error = "
+        "estimate / measured − 1.",
         "",
         "| plan | FLOPs | params | " + " | ".join(
             f"batch {b}: measured (IQR) | estimate | error" for b in args.batches
-        ) + " | test acc + BN recal. | val (search) |",
-        "|---" * (5 + 3 * len(args.batches)) + "|",
+        ) + " | test acc + BN recal. | val (search) | search s |",
+        "|---" * (6 + 3 * len(args.batches)) + "|",
     ]  # fmt: skip
     measured = {}
     for b in args.batches:
         x = torch.randn(b, *graph.input_shape)
         ratios, times = paired_ratios(nets, x, args.rounds if b > 1 else args.rounds * 5)
-        measured[b] = ratios
-        lines_b = f"batch {b}: unpruned {np.median(times[:, 0]) * 1e3:.2f} ms"
-        print(lines_b, flush=True)
+        measured[b] = {name: float(np.median(r)) for name, r in zip(["unpruned", *loaded], ratios, strict=True)}
+        measured[b, "iqr"] = ratios
+        print(f"batch {b}: unpruned {np.median(times[:, 0]) * 1e3:.2f} ms", flush=True)
     for k, (name, plan) in enumerate(loaded.items(), start=1):
         cells = []
         for b in args.batches:
-            q1, med, q3 = np.percentile(measured[b][k], [25, 50, 75])
+            q1, med, q3 = np.percentile(measured[b, "iqr"][k], [25, 50, 75])
             est = tables[b].ratio(graph, np.asarray(plan.mask))
             cells.append(f"{med:.3f} ({q1:.3f}-{q3:.3f}) | {est:.3f} | {est / med - 1:+.1%}")
         m, a = plan.metrics, plan.achieved
         lines.append(
             f"| {name} | {a['flops_ratio']:.1%} | {a['params_ratio']:.1%} | " + " | ".join(cells)
-            + f" | {m['test_acc_recalibrated']:.2%} | {m['search_val_acc_best']:.2%} |"
+            + f" | {m['test_acc_recalibrated']:.2%} | {m['search_val_acc_best']:.2%} | {m['search_seconds']:.0f} |"
         )  # fmt: skip
     for b in args.batches:
         t = tables[b]
@@ -125,6 +161,25 @@ def latency_study(args, runs: Path) -> list[str]:
             f"\nTable at batch {b}: unpruned {t.base_seconds * 1e3:.2f} ms when measured; held-out random-width "
             f"models: estimate / measured − 1 = {', '.join(f'{e / m_ - 1:+.1%}' for e, m_ in t.validation)}; "
             f"{'read from the cache' if t.from_cache else 'measured for this run'}."
+        )
+    lines += [
+        "",
+        "At equal measured latency: the FLOPs plans' test accuracy after BN recalibration, linearly interpolated "
+        "against their measured latency at the latency plan's measured latency.",
+        "",
+        "| latency plan | measured latency | its test + BN | FLOPs plans at that latency | interpolated |",
+        "|---|---|---|---|---|",
+    ]
+    flops_names = [n for n in loaded if n.startswith("FLOPs")]
+    for b in args.batches:
+        name = f"latency ≤ {args.target:.0%} @ batch {b}"
+        if name not in loaded or not flops_names:
+            continue
+        points = [(measured[b][n], loaded[n].metrics["test_acc_recalibrated"]) for n in flops_names]
+        acc, how = at_latency(points, measured[b][name])
+        lines.append(
+            f"| {name} | {measured[b][name]:.3f} | {loaded[name].metrics['test_acc_recalibrated']:.2%} | "
+            f"{'–' if acc is None else f'{acc:.2%}'} | {how} |"
         )
     return lines
 
@@ -182,15 +237,24 @@ def main() -> None:
     parser.add_argument("--runs", default="bench/runs/latency-search")
     parser.add_argument("--reuse", action="store_true", help="reuse finished runs in --runs")
     parser.add_argument("--skip-multi", action="store_true")
+    parser.add_argument(
+        "--stage", choices=("tables", "searches", "all"), default="all",
+        help="stop after measuring the tables (on a quiet machine) or after the searches (which need no quiet)",
+    )  # fmt: skip
+    parser.add_argument("--only", default="", help="comma-separated run names of the latency study to search")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--out", default="bench/results/latency_search.md")
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.only = [r for r in args.only.split(",") if r]
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     runs = Path(args.runs)
     started, load_start = time.strftime("%Y-%m-%d %H:%M"), load()
     lines = [] if args.skip_latency else latency_study(args, runs)
+    if args.stage != "all":
+        print("\n".join(lines))
+        return
     if not args.skip_multi:
         lines += multi_study(args, runs)
     header = [

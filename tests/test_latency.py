@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -87,6 +88,23 @@ def test_second_build_reads_the_cache_and_other_keys_are_not_reused(measured):
     assert not remeasured.from_cache
 
 
+def test_grid_steps_keep_every_width_on_the_tables_grid(measured):
+    graph, table, _ = measured
+    graph = copy.copy(graph)
+    graph.grid_steps = len(GRID)
+    sizes = [g.size for g in graph.prunable_groups]
+    assert graph.width_step(16) == 2 and graph.width_step(32) == 4 and graph.width_step(5) == 1
+    rng = np.random.default_rng(0)
+    keep = graph.legalize((rng.random(graph.num_decisions) < 0.3).astype(np.int8))
+    budget = Constraints(latency=round((table.ratio(graph, smallest_mask(graph)) + 1) / 2, 3), latency_table=table)
+    for mask in (keep, rescale(graph, graph.full_mask(), budget)):
+        for g, size in zip(graph.prunable_groups, sizes, strict=True):
+            kept = int(mask[g.offset : g.offset + size].sum())
+            assert kept == size or kept % graph.width_step(size) == 0
+    graph.round_to = 8  # an explicit multiple wins where it is the coarser one
+    assert graph.width_step(16) == 8 and graph.width_step(128) == 16
+
+
 def test_latency_budget_drives_rescale_and_fill(measured):
     graph, table, _ = measured
     target = round((table.ratio(graph, smallest_mask(graph)) + 1) / 2, 3)  # halfway between the floor and 1
@@ -113,12 +131,19 @@ def test_latency_search_meets_its_budget_when_measured(tmp_path, cache_dir):
     assert plan.constraint == {"flops": None, "params": None, "latency": 0.6}
     assert plan.achieved["latency_ratio"] <= 0.6 + 1e-9 and plan.achieved["latency_batch"] == 64
     assert "latency" in (out / "summary.md").read_text()
+    assert plan.metrics["grid_steps"] == len(GRID)
     # Measured end to end, paired with the unpruned model (loose: the CI machine is shared; bench/ holds the
     # tight check).
     from autoprune.training import pretrained_default
 
     model, _ = pretrained_default(cache_dir=str(cache_dir))
     graph = build_channel_graph(model, torch.zeros(1, *plan.input_shape))
+    # Every group's width is one the table timed: a multiple of size // len(GRID), or the whole group.
+    keep = np.asarray(plan.mask)
+    for g in graph.prunable_groups:
+        kept, step = int(keep[g.offset : g.offset + g.size].sum()), max(1, g.size // len(GRID))
+        assert kept == g.size or kept % step == 0, (g.size, kept)
+    assert any(g.size >= 2 * len(GRID) for g in graph.prunable_groups)  # some group has a step above 1
     ratios = []
     for _ in range(3):  # the best of three paired measurements: other processes only ever add time
         full, pruned = time_masks(model, graph, [graph.full_mask(), np.asarray(plan.mask)], 64, "cpu", repeats=30)

@@ -169,8 +169,7 @@ def drop_lowest(graph: ChannelGraph, constraints: Constraints, scores: np.ndarra
     full = graph.full_mask()
     if constraints.feasible(graph, full):
         return full
-    floor = -(-graph.min_channels // graph.round_to) * graph.round_to
-    spare = {g.index: max(0, g.size - floor) for g in graph.prunable_groups}
+    spare = {g.index: max(0, g.size - graph.width_floor(g.size)) for g in graph.prunable_groups}
     group_of = graph.decision_group
     order = []
     for i in np.argsort(scores, kind="stable"):

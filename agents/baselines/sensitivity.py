@@ -104,8 +104,8 @@ def allocate(
     check_feasible(graph, constraints)
     priority = l1_priority(graph) if priority is None else priority
     sizes = np.array([g.size for g in graph.prunable_groups])
-    floor = np.minimum(sizes, -(-graph.min_channels // graph.round_to) * graph.round_to)
-    step = np.maximum(1, sizes // STEPS)
+    floor = np.array([graph.width_floor(int(size)) for size in sizes])
+    step = np.array([max(int(size) // STEPS, graph.width_step(int(size))) for size in sizes])
     counts = sizes.copy()
     keep = top_channels(graph, counts, priority)
     while not constraints.feasible(graph, keep):

@@ -109,6 +109,9 @@ class ChannelGraph:
     """Per decision: weight L1, weight L2, BN |gamma|, mean |activation| (each relative to its group's mean)."""
     min_channels: int = 1
     round_to: int = 1
+    grid_steps: int = 0
+    """When set, each group's width is also a multiple of `size // grid_steps` channels: a latency search sets it
+    to the latency table's grid, so that it proposes only widths the table timed (see `autoprune.latency`)."""
     base_flops: float = field(init=False)
     base_params: float = field(init=False)
 
@@ -151,8 +154,17 @@ class ChannelGraph:
             raise ValueError("mask entries must be 0 or 1")
         return keep.astype(np.int8)
 
+    def width_step(self, size: int) -> int:
+        """Kept channels of a group of `size` are a multiple of this, or the whole group."""
+        return max(self.round_to, size // self.grid_steps if self.grid_steps else 1, 1)
+
+    def width_floor(self, size: int) -> int:
+        """The fewest channels a group of `size` may keep: `min_channels`, rounded up to the group's step."""
+        step = self.width_step(size)
+        return min(size, -(-self.min_channels // step) * step)
+
     def legalize(self, keep: np.ndarray, priority: np.ndarray | None = None) -> np.ndarray:
-        """Raise each group to at least `min_channels` kept, rounded up to a multiple of `round_to`.
+        """Raise each group to at least `min_channels` kept, rounded up to a multiple of its `width_step`.
 
         Channels are restored in order of `priority` (highest first; default: weight L1).
         """
@@ -161,7 +173,8 @@ class ChannelGraph:
         for g in self.prunable_groups:
             part = keep[g.offset : g.offset + g.size]
             need = max(self.min_channels, int(part.sum()))
-            need = min(g.size, -(-need // self.round_to) * self.round_to)
+            step = self.width_step(g.size)
+            need = min(g.size, -(-need // step) * step)
             missing = need - int(part.sum())
             if missing > 0:
                 pruned = np.flatnonzero(part == 0)
