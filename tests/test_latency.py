@@ -14,6 +14,7 @@ from torch import nn
 from autoprune.constraints import Constraints, rescale, smallest_mask
 from autoprune.graph import build_channel_graph
 from autoprune.latency import GRID, cache_path, latency_table, time_masks, uniform_width
+from autoprune.latency_check import check_latency
 from autoprune.plan import Plan
 
 
@@ -105,6 +106,27 @@ def test_grid_steps_keep_every_width_on_the_tables_grid(measured):
     assert graph.width_step(16) == 8 and graph.width_step(128) == 16
 
 
+def test_a_plan_that_measures_over_its_budget_is_tightened(measured):
+    graph, table, _ = measured
+    model = tiny()
+    honest_floor = table.ratio(graph, smallest_mask(graph))
+    optimistic = copy.deepcopy(table)
+    optimistic.base_seconds *= 3  # every estimate a third of the truth
+    target = round((honest_floor + 1) / 2, 3)  # reachable when measured; the full mask estimates 1/3 of it
+    budget = Constraints(latency=target, latency_table=optimistic)
+    full = graph.full_mask()
+    assert budget.feasible(graph, full)
+    keep, check = check_latency(model, graph, full, budget, "cpu")
+    assert check.tightened >= 1 and keep.sum() < full.sum()
+    assert check.estimated == pytest.approx(optimistic.ratio(graph, keep)) and check.rounds >= 10
+    assert budget.feasible(graph, keep)  # tightened within the original budget, never past it
+    assert set(check.metrics()) == {
+        "latency_measured_ratio", "latency_estimated_ratio", "latency_measured_rounds", "latency_tightened"
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="latency budget"):
+        check_latency(model, graph, full, Constraints(flops=0.5), "cpu")
+
+
 def test_latency_budget_drives_rescale_and_fill(measured):
     graph, table, _ = measured
     target = round((table.ratio(graph, smallest_mask(graph)) + 1) / 2, 3)  # halfway between the floor and 1
@@ -132,6 +154,8 @@ def test_latency_search_meets_its_budget_when_measured(tmp_path, cache_dir):
     assert plan.achieved["latency_ratio"] <= 0.6 + 1e-9 and plan.achieved["latency_batch"] == 64
     assert "latency" in (out / "summary.md").read_text()
     assert plan.metrics["grid_steps"] == len(GRID)
+    assert plan.metrics["latency_measured_ratio"] > 0 and plan.metrics["latency_tightened"] >= 0
+    assert "measured end to end" in (out / "summary.md").read_text()
     # Measured end to end, paired with the unpruned model (loose: the CI machine is shared; bench/ holds the
     # tight check).
     from autoprune.training import pretrained_default

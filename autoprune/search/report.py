@@ -13,6 +13,7 @@ from torch import nn
 from autoprune.atomic import atomic_write_text
 from autoprune.constraints import Constraints, fill
 from autoprune.export import save_pruned
+from autoprune.latency_check import check_latency
 from autoprune.plan import Plan
 from autoprune.problem import Problem
 from autoprune.recovery import Log, measure, recover, recovery_stages, stage_label, stderr_log
@@ -52,6 +53,10 @@ def finish(
     start = time.perf_counter()
     model, bundle, device = problem.model, problem.bundle, problem.device
     keep = fill(problem.graph, keep, constraints)
+    checked = {}
+    if constraints.latency is not None and constraints.latency_table is not None:
+        keep, check = check_latency(model, problem.graph, keep, constraints, device, log)
+        checked = check.metrics()
     metrics: dict[str, Any] = {
         "method": method,
         "search_val_acc_unpruned": problem.base_score,
@@ -64,6 +69,7 @@ def finish(
     stages = recovery_stages(finetune_epochs=finetune_epochs, seed=seed, reconstruct_from=rebuild)
     metrics.update(recover(pruned, bundle, stages=stages, device=device, log=log))
     metrics["finetune_epochs"] = finetune_epochs
+    metrics.update(checked)
     metrics.update(extra or {})
     metrics["finalize_seconds"] = round(time.perf_counter() - start, 2)
     plan.metrics = metrics
@@ -94,7 +100,14 @@ def summary(plan: Plan, problem: Problem) -> str:
         f"params {a['params_ratio']:.1%} ({a['params'] / 1e6:.3f} M of {a['base_params'] / 1e6:.3f} M)"
         + (
             f", latency {a['latency_ratio']:.1%} ({a['latency_ms']:.2f} ms of {a['base_latency_ms']:.2f} ms at "
-            f"batch {a['latency_batch']}, estimated by the latency table of the search's device)."
+            f"batch {a['latency_batch']}, estimated by the latency table of the search's device"
+            + (
+                f"; {m['latency_measured_ratio']:.1%} measured end to end, paired with the unpruned model"
+                + (f", after {m['latency_tightened']} tightening(s) of the budget" if m["latency_tightened"] else "")
+                if "latency_measured_ratio" in m
+                else ""
+            )
+            + ")."
             if "latency_ratio" in a
             else "."
         ),
