@@ -13,8 +13,17 @@ from torch import nn
 
 from autoprune.constraints import Constraints, rescale, smallest_mask
 from autoprune.graph import build_channel_graph
-from autoprune.latency import GRID, cache_path, latency_table, time_masks, uniform_width
+from autoprune.latency import (
+    GRID,
+    _fit_remainder,
+    cache_path,
+    latency_table,
+    split_widths,
+    time_masks,
+    uniform_width,
+)  # fmt: skip
 from autoprune.latency_check import check_latency
+from autoprune.models import build_model
 from autoprune.plan import Plan
 
 
@@ -104,6 +113,36 @@ def test_grid_steps_keep_every_width_on_the_tables_grid(measured):
             assert kept == size or kept % graph.width_step(size) == 0
     graph.round_to = 8  # an explicit multiple wins where it is the coarser one
     assert graph.width_step(16) == 8 and graph.width_step(128) == 16
+
+
+def test_remainder_fit_recovers_a_known_mapping(measured):
+    graph, table, _ = measured
+    table = copy.deepcopy(table)
+    rng = np.random.default_rng(1)
+    masks = [graph.full_mask()] + [graph.legalize((rng.random(graph.num_decisions) < p).astype(np.int8))
+                                   for p in (0.3, 0.5, 0.7, 0.9)]  # fmt: skip
+    truth = copy.deepcopy(table)
+    weights = sum(truth.times[k, -1, -1] for k in range(len(truth.layers)) if not truth.one_axis[k])
+    ones = sum(truth.times[k, -1, -1] for k in range(len(truth.layers)) if truth.one_axis[k])
+    full = 1e-3  # the unpruned model's seconds: 20% constant, 60% of the rest on the weight layers
+    truth.remainder = (0.6 * 0.8 * full / weights, 0.4 * 0.8 * full / ones, 0.2 * full)
+    seconds = [truth.seconds(graph, keep) for keep in masks]
+    _fit_remainder(table, graph, masks, seconds)
+    np.testing.assert_allclose(table.remainder, truth.remainder, rtol=1e-6)
+    assert table.base_seconds == pytest.approx(full)
+
+
+def test_split_widths_cut_merged_groups_apart_from_the_others(measured):
+    graph, _, _ = measured
+    assert split_widths(graph) == []  # a plain chain: no group merges with another
+    model = build_model("resnet20").eval()
+    graph = build_channel_graph(model, torch.zeros(1, 3, 32, 32), model_name="resnet20")
+    masks = split_widths(graph)
+    assert len(masks) == 3
+    for keep, (inner, outer) in zip(masks, ((0.25, 1.0), (0.5, 1.0), (1.0, 0.5)), strict=True):
+        for g in graph.prunable_groups:
+            kept = keep[g.offset : g.offset + g.size].sum() / g.size
+            assert kept == pytest.approx(outer if graph.crosses_merge(g) else inner, abs=1 / len(GRID))
 
 
 def test_a_plan_that_measures_over_its_budget_is_tightened(measured):
