@@ -16,10 +16,11 @@ search's usual plan) ran 14-19% slower than estimated at batch 64 on this projec
 Ratios are fractions of that measurement; the estimate is positive and never falls when a channel is added.
 Two more pruned models with random widths are held out, and their relative errors are kept with the table.
 
-A latency search proposes only widths on the grid (`ChannelGraph.grid_steps`): between grid points the CPU's
-kernels are not smooth (on this project's CPU a 32-input 3×3 convolution ran 2-3× slower with 17-22 outputs than
-with 16), so interpolated widths ran 5-17% slower than estimated at batch 64, and widths on the grid within 10%.
-The calibration and held-out models therefore use grid widths too.
+A latency search proposes only widths on the grid (`ChannelGraph.grid_steps`), so every tabled layer is
+estimated at widths that were timed: between grid points a CPU's kernels are not smooth (on this project's CPU a
+32-input 3×3 convolution ran 2-3× slower with 17-22 outputs than with 16). End to end the gain was small and
+mixed: median error 4.4% on the grid vs 7.5% off it at batch 1, 6.8% vs 4.9% at batch 64
+(`bench/results/latency_grid.md`). The calibration and held-out models use grid widths too.
 
 A table is cached under `<cache>/latency/`, keyed by the model's fingerprint, the input shape, the batch size and
 the device (CPU model and torch threads, or the GPU's name, and the torch version); a table measured elsewhere or

@@ -103,7 +103,7 @@ def latency_study(args, runs: Path) -> list[str]:
     tables = {b: latency_table(model, graph, b, "cpu", cache_dir=args.cache_dir) for b in args.batches}
     if args.stage == "tables":
         return [f"tables: batch {b}, {'cached' if t.from_cache else 'measured'}" for b, t in tables.items()]
-    budgets = flops_budgets(graph, tables, args.target)
+    budgets = args.flops_budgets or flops_budgets(graph, tables, args.target)
     base = {"problem": problem_config, "evaluations": args.evaluations, "seed": args.seed, "target_flops": None}
     configs = {
         f"latency-b{b}": (
@@ -126,8 +126,9 @@ def latency_study(args, runs: Path) -> list[str]:
     lines = [
         f"### 1. Latency budget vs FLOPs budget ({args.model}, {args.evaluations} evaluations each)",
         "",
-        f"FLOPs budgets of the FLOPs searches: {', '.join(f'{b:.1%}' for b in budgets)} (per batch, 15% below and "
-        f"above the FLOPs at which uniform widths meet {args.target:.0%} latency in that batch's table). Measured: "
+        f"FLOPs budgets of the FLOPs searches: {', '.join(f'{b:.1%}' for b in budgets)} (by default per batch, 15% "
+        f"below and above the FLOPs at which uniform widths meet {args.target:.0%} latency in that batch's table). "
+        "Measured: "
         f"median over paired rounds ({args.rounds} at batch 64, {args.rounds * 5} at batch 1) of pruned / unpruned "
         "forward time (interquartile range); estimate: the search's latency table for that batch; error = "
         "estimate / measured − 1.",
@@ -242,11 +243,15 @@ def main() -> None:
         help="stop after measuring the tables (on a quiet machine) or after the searches (which need no quiet)",
     )  # fmt: skip
     parser.add_argument("--only", default="", help="comma-separated run names of the latency study to search")
+    parser.add_argument(
+        "--flops-budgets", default="", help="comma-separated FLOPs budgets (default: from the tables)"
+    )  # fmt: skip
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--out", default="bench/results/latency_search.md")
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     args.only = [r for r in args.only.split(",") if r]
+    args.flops_budgets = sorted(float(b) for b in args.flops_budgets.split(",") if b)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     runs = Path(args.runs)
