@@ -107,7 +107,7 @@ def check_latency(
             log(f"latency measured end to end: {measured:.1%} of the unpruned model (table: {estimated:.1%})")
         if measured <= constraints.latency * (1 + TOLERANCE) or tightened == ATTEMPTS:
             return keep, LatencyCheck(estimated, measured, rounds, tightened)
-        budget *= estimated / measured
+        budget = min(budget, constraints.latency * estimated / measured)  # the table's bias on this mask
         tighter = Constraints(
             flops=constraints.flops, params=constraints.params, latency=budget, latency_table=table
         )  # fmt: skip
@@ -119,4 +119,4 @@ def check_latency(
             return keep, LatencyCheck(estimated, measured, rounds, tightened)
         tightened += 1
         if log:
-            log(f"over budget: projecting onto {budget:.1%} of the table's latency")
+            log(f"over budget: shrinking the plan onto {budget:.1%} of the table's latency")
