@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -378,6 +379,16 @@ def uniform_width(graph: ChannelGraph, width: float) -> np.ndarray:
     return graph.legalize(keep)
 
 
+def grid_mask(graph: ChannelGraph, fractions: Sequence[float], on_grid: bool = True) -> np.ndarray:
+    """Each prunable group's first channels kept at its fraction, rounded to a multiple of the table's grid step
+    (`size // len(GRID)` channels, as a latency search proposes them) or, with `on_grid` False, to one channel."""
+    keep = np.zeros(graph.num_decisions, dtype=np.int8)
+    for g, fraction in zip(graph.prunable_groups, fractions, strict=True):
+        step = max(1, g.size // len(GRID)) if on_grid else 1
+        keep[g.offset : g.offset + min(g.size, max(step, round(fraction * g.size / step) * step))] = 1
+    return graph.legalize(keep)
+
+
 def split_widths(graph: ChannelGraph) -> list[np.ndarray]:
     """Calibration masks that cut the groups merging across adds or concats apart from the others: the merged
     ones whole and the others at a quarter and a half, and the converse at a half (none when all groups are of
@@ -385,24 +396,13 @@ def split_widths(graph: ChannelGraph) -> list[np.ndarray]:
     merged = np.array([graph.crosses_merge(g) for g in graph.prunable_groups], dtype=bool)
     if merged.all() or not merged.any():
         return []
-    masks = []
-    for inner, outer in ((0.25, 1.0), (0.5, 1.0), (1.0, 0.5)):
-        keep = np.zeros(graph.num_decisions, dtype=np.int8)
-        for g, is_merged in zip(graph.prunable_groups, merged, strict=True):
-            width, step = (outer if is_merged else inner), max(1, g.size // len(GRID))
-            keep[g.offset : g.offset + min(g.size, max(step, round(width * g.size / step) * step))] = 1
-        masks.append(graph.legalize(keep))
-    return masks
+    return [grid_mask(graph, np.where(merged, outer, inner)) for inner, outer in ((0.25, 1.0), (0.5, 1.0), (1.0, 0.5))]
 
 
 def random_widths(graph: ChannelGraph, rng: np.random.Generator) -> np.ndarray:
-    """Every prunable group cut to its own random width in [0.2, 1], on the table's grid (multiples of
-    `size // len(GRID)` channels, as a latency search proposes them): a calibration or held-out mask."""
-    keep = np.zeros(graph.num_decisions, dtype=np.int8)
-    for g in graph.prunable_groups:
-        step = max(1, g.size // len(GRID))
-        keep[g.offset : g.offset + max(step, round(rng.uniform(0.2, 1.0) * g.size / step) * step)] = 1
-    return graph.legalize(keep)
+    """Every prunable group cut to its own random width in [0.2, 1] on the table's grid: a calibration or
+    held-out mask."""
+    return grid_mask(graph, rng.uniform(0.2, 1.0, len(graph.prunable_groups)))
 
 
 def time_masks(

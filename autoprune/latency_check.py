@@ -58,8 +58,9 @@ class LatencyCheck:
 
 
 @torch.no_grad()
-def measured_ratio(unpruned: nn.Module, pruned: nn.Module, x: torch.Tensor) -> tuple[float, int]:
-    """Median over rounds of `pruned`'s forward time over `unpruned`'s in the same round, and the rounds timed."""
+def paired_times(models: list[nn.Module], x: torch.Tensor, rounds: int) -> np.ndarray:
+    """Seconds of one forward pass of each model on `x`, (rounds, models): every round times all models in turn,
+    so that load drifts hit them alike."""
 
     def timed(net: nn.Module) -> float:
         if x.device.type == "cuda":
@@ -71,11 +72,17 @@ def measured_ratio(unpruned: nn.Module, pruned: nn.Module, x: torch.Tensor) -> t
         return time.perf_counter() - start
 
     for _ in range(3):  # allocate and fill caches
-        timed(unpruned), timed(pruned)
-    first = timed(unpruned) + timed(pruned)
+        for net in models:
+            timed(net)
+    return np.array([[timed(net) for net in models] for _ in range(rounds)])
+
+
+def measured_ratio(unpruned: nn.Module, pruned: nn.Module, x: torch.Tensor) -> tuple[float, int]:
+    """Median over rounds of `pruned`'s forward time over `unpruned`'s in the same round, and the rounds timed."""
+    first = paired_times([unpruned, pruned], x, 1).sum()
     rounds = int(np.clip(SECONDS / max(first, 1e-6), *ROUNDS))
-    ratios = [timed(pruned) / timed(unpruned) for _ in range(rounds)]
-    return float(np.median(ratios)), rounds
+    times = paired_times([unpruned, pruned], x, rounds)
+    return float(np.median(times[:, 1] / times[:, 0])), rounds
 
 
 def check_latency(

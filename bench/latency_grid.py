@@ -22,21 +22,13 @@ import numpy as np
 import torch
 
 from autoprune.graph.channel_graph import ChannelGraph
-from autoprune.latency import GRID, latency_table, time_masks
+from autoprune.latency import grid_mask, latency_table, time_masks
 from autoprune.problem import ProblemConfig, load_problem
 
 
 def drawn_widths(graph: ChannelGraph, rng: np.random.Generator) -> np.ndarray:
     """Fractions in [0.2, 1] per prunable group."""
     return rng.uniform(0.2, 1.0, len(graph.prunable_groups))
-
-
-def mask_of(graph: ChannelGraph, fractions: np.ndarray, on_grid: bool) -> np.ndarray:
-    keep = np.zeros(graph.num_decisions, dtype=np.int8)
-    for g, f in zip(graph.prunable_groups, fractions, strict=True):
-        step = max(1, g.size // len(GRID)) if on_grid else 1
-        keep[g.offset : g.offset + min(g.size, max(step, round(f * g.size / step) * step))] = 1
-    return graph.legalize(keep)
 
 
 def main() -> None:
@@ -59,7 +51,8 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     draws = [drawn_widths(graph, rng) for _ in range(args.masks)]
     masks = {
-        kind: [mask_of(graph, d, kind == "on the grid") for d in draws] for kind in ("off the grid", "on the grid")
+        kind: [grid_mask(graph, d, on_grid=kind == "on the grid") for d in draws]
+        for kind in ("off the grid", "on the grid")
     }
     load = "/".join(f"{v:.1f}" for v in os.getloadavg())
     lines = [
