@@ -33,6 +33,8 @@ search's best lost half its accuracy before fine-tuning on ResNet-56, `bench/res
 SECONDS = 4.0
 """Wall time one paired measurement aims for (within `ROUNDS`)."""
 ROUNDS = (10, 200)
+WARMUP = 3
+"""Rounds timed and dropped first: they allocate and fill caches."""
 
 
 @dataclass
@@ -60,7 +62,7 @@ class LatencyCheck:
 @torch.no_grad()
 def paired_times(models: list[nn.Module], x: torch.Tensor, rounds: int) -> np.ndarray:
     """Seconds of one forward pass of each model on `x`, (rounds, models): every round times all models in turn,
-    so that load drifts hit them alike."""
+    so that load drifts hit them alike. The first rounds of cold models include allocation: drop them."""
 
     def timed(net: nn.Module) -> float:
         if x.device.type == "cuda":
@@ -71,15 +73,12 @@ def paired_times(models: list[nn.Module], x: torch.Tensor, rounds: int) -> np.nd
             torch.cuda.synchronize(x.device)
         return time.perf_counter() - start
 
-    for _ in range(3):  # allocate and fill caches
-        for net in models:
-            timed(net)
     return np.array([[timed(net) for net in models] for _ in range(rounds)])
 
 
 def measured_ratio(unpruned: nn.Module, pruned: nn.Module, x: torch.Tensor) -> tuple[float, int]:
     """Median over rounds of `pruned`'s forward time over `unpruned`'s in the same round, and the rounds timed."""
-    first = paired_times([unpruned, pruned], x, 1).sum()
+    first = paired_times([unpruned, pruned], x, WARMUP + 1)[-1].sum()  # after the rounds that fill caches
     rounds = int(np.clip(SECONDS / max(first, 1e-6), *ROUNDS))
     times = paired_times([unpruned, pruned], x, rounds)
     return float(np.median(times[:, 1] / times[:, 0])), rounds

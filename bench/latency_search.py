@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from autoprune.latency import latency_table, uniform_width
-from autoprune.latency_check import paired_times
+from autoprune.latency_check import WARMUP, paired_times
 from autoprune.plan import Plan
 from autoprune.problem import ProblemConfig, load_problem
 from autoprune.search.config import SearchConfig
@@ -45,7 +45,7 @@ def load() -> str:
 
 def paired_ratios(models: list[torch.nn.Module], x: torch.Tensor, rounds: int) -> tuple[list[np.ndarray], np.ndarray]:
     """Per round, each model's forward time over the first model's (the unpruned one) in the same round."""
-    times = paired_times(models, x, rounds)
+    times = paired_times(models, x, WARMUP + rounds)[WARMUP:]
     return [times[:, k] / times[:, 0] for k in range(len(models))], times
 
 
