@@ -59,7 +59,8 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             each observation carrying the last projected mask.
         reward: a name in `autoprune.envs.rewards.REWARDS` ("self_competition" or "sign").
         tau: floor of the self-competition temperature, in score units; the temperature used is the larger of
-            this and the spread of the last 32 scores (`adaptive_tau`), so the reward never saturates at -1.
+            this, the spread of the last 32 scores and their median's gap to the best (`adaptive_tau`), so the
+            reward does not saturate at -1.
         lagrange_lr: dual-ascent step size of the multiplier. 0 (the default) leaves the multiplier at 0: since
             `rescale` makes every proposal feasible at full budget whatever its scale, a penalty on the raw
             proposal's cost would only punish proposals that keep more of an expensive group, which is exactly
@@ -172,7 +173,7 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         result = self.score_fns[self._target_index](keep)
         score = float(getattr(result, "score", result))
 
-        tau = adaptive_tau(self._recent, self.tau)
+        tau = adaptive_tau(self._recent, self.tau, self._best_score)
         reward = self._competition(score, self._best_score, tau) - lagrangian_penalty(violation, self._lagrange)
         self._recent = [*self._recent, score][-RECENT_SCORES:]
         self._lagrange = dual_ascent(self._lagrange, self._excess(proposal_ratios), self.lagrange_lr)

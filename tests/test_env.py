@@ -106,6 +106,13 @@ def test_adaptive_tau_follows_the_spread_of_recent_scores():
     assert adaptive_tau([0.5], 0.01) == 0.01
     assert adaptive_tau([0.2, 0.6], 0.01) == pytest.approx(0.2)
     assert adaptive_tau([0.5, 0.5, 0.5], 0.01) == 0.01
+    # Uniformly poor recent masks far below the best: the gap sets the temperature, so rewards still rank them.
+    recent = [0.14, 0.15, 0.13, 0.14]
+    tau = adaptive_tau(recent, 0.01, best=0.6)
+    assert tau == pytest.approx(0.6 - 0.14)
+    assert self_competition(0.13, 0.6, tau) < self_competition(0.15, 0.6, tau) < -0.5
+    assert self_competition(0.15, 0.6, tau) - self_competition(0.13, 0.6, tau) > 0.005
+    assert self_competition(0.15, 0.6, adaptive_tau(recent, 0.01)) == pytest.approx(-1.0)  # spread alone saturates
 
 
 def test_reward_uses_the_adaptive_temperature(graph):
@@ -118,7 +125,7 @@ def test_reward_uses_the_adaptive_temperature(graph):
         _, reward, *_, info = env.step((rng.random(graph.num_decisions) < 0.5).astype(np.int8))
         if len(scores) >= 2:
             best = max(scores)
-            expected = math.tanh((info["score"] - best) / adaptive_tau(scores, 1e-4))
+            expected = math.tanh((info["score"] - best) / adaptive_tau(scores, 1e-4, best))
             assert reward == pytest.approx(expected)
         scores.append(info["score"])
     assert env.get_state()["recent_scores"] == pytest.approx(scores)
