@@ -521,6 +521,14 @@ def rounding(table: LatencyTable) -> int:
     return ALIGN if table.misalignment >= MISALIGNMENT_PAYS else 1
 
 
+def fit_to_table(graph: ChannelGraph, table: LatencyTable) -> None:
+    """Make `graph` propose only widths `table` timed (no interpolation error), rounded to the device's channel
+    multiple unless the graph already rounds to an explicit one."""
+    if graph.round_to == 1:  # widths off the kernels' vector multiples can cost more than they save
+        graph.round_to = rounding(table)
+    graph.grid_steps = len(GRID)
+
+
 def threads_note() -> str:
     """Torch threads and `OMP_NUM_THREADS`, for result tables."""
     return f"{torch.get_num_threads()} torch threads (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"

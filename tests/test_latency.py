@@ -17,9 +17,9 @@ from autoprune.latency import (
     GRID,
     _fit_remainder,
     cache_path,
+    fit_to_table,
     grid_mask,
     latency_table,
-    rounding,
     split_widths,
     time_masks,
     uniform_width,
@@ -208,7 +208,7 @@ def test_latency_search_meets_its_budget_when_measured(tmp_path, cache_dir):
     # The table the CLI will read from the cache; the target lies halfway between its smallest reachable network
     # and the whole one, so a table measured on a loaded machine still leaves room to search.
     table = latency_table(model, graph, batch=64, cache_dir=cache_dir)
-    graph.round_to, graph.grid_steps = rounding(table), len(GRID)
+    fit_to_table(graph, table)  # as the CLI's search will
     target = round((table.ratio(graph, smallest_mask(graph)) + 1) / 2, 3)
     out = tmp_path / "run"
     result = run_cli(

@@ -201,14 +201,12 @@ def search_constraints(config: SearchConfig, problem: Problem, progress: bool = 
     latency budget needs one; with `targets`, the loosest target (every target is checked reachable)."""
     table = None
     if config.uses_latency():
-        from autoprune.latency import GRID, latency_table, rounding
+        from autoprune.latency import fit_to_table, latency_table
 
         table = latency_table(
             problem.model, problem.graph, config.latency_batch, problem.device, cache_dir=config.problem.cache_dir
         )
-        if config.problem.round_to == 1:  # widths off the kernels' vector multiples can cost more than they save
-            problem.graph.round_to = rounding(table)
-        problem.graph.grid_steps = len(GRID)  # propose only widths the table timed: no interpolation error
+        fit_to_table(problem.graph, table)
     if config.targets:
         from autoprune.search.multi import target_constraints
 
