@@ -447,7 +447,7 @@ def _report(metrics: dict, out: str) -> None:
 @click.option("--steps-per-episode", type=int, default=1, show_default=True,
               help="1: one-shot masks; more: refine the last mask")  # fmt: skip
 @click.option("--rollout", type=int, default=16, show_default=True, help="evaluations per PPO update")
-@click.option("--learning-rate", type=float, default=3e-3, show_default=True)
+@click.option("--learning-rate", type=float, default=3e-4, show_default=True)
 @click.option("--tau", type=float, default=0.01, show_default=True, help="self-competition reward temperature")
 @click.option("--resume", "resume_dir", type=click.Path(), default=None, help="continue a killed run")
 def search(resume_dir, quiet, **opts) -> None:

@@ -239,7 +239,7 @@ def test_bad_metrics_csv_is_refused(finished, tmp_path, content, fragment) -> No
         (lambda text: text[: len(text) // 2], "corrupt"),
         (lambda text: "\x00\xff" + text, "corrupt"),
         (lambda text: "[]", "JSON object"),
-        (lambda text: text.replace('"learning_rate": 0.003', '"learning_rate": NaN'), "--learning-rate"),
+        (lambda text: text.replace('"learning_rate": 0.0003', '"learning_rate": NaN'), "--learning-rate"),
         (lambda text: text.replace('"evaluations": 17', '"evaluations": "17"'), "evaluations must be of type int"),
         (lambda text: text.replace('"model": "digits_cnn"', '"model": 7'), "model must be of type str"),
         (lambda text: text.replace('"eval_samples": 100', '"eval_samples": 0'), "--eval-samples"),

@@ -61,7 +61,7 @@ class SearchConfig:
     """1: one-shot full mask per episode; more: the agent refines its last mask for this many steps."""
     rollout: int = 16
     """Evaluations per PPO update (and per checkpoint), at most `MAX_ROLLOUT`."""
-    learning_rate: float = 3e-3
+    learning_rate: float = 3e-4
     """PPO's Adam step size; 0 samples from the starting policy without ever updating it (an ablation)."""
     tau: float = 0.01
     """Temperature of the self-competition reward `tanh((score - best) / tau)`."""
