@@ -76,8 +76,7 @@ def make_ppo(
 
     Defaults suit a costly, noisy reward: each step is one network evaluation, so rollouts are short (32
     evaluations per update), each is reused for up to 10 epochs of full-batch updates, and steps are small (Adam
-    at 3e-4, epochs stopped once an update's KL passes 1.5 nats): at 3e-3 single updates moved the mask
-    distribution by up to 1157 nats on ResNet-20, and the KL cap alone cannot stop the first epoch's step.
+    at 3e-4, epochs stopped once an update's KL passes 1.5 nats; why: the comment on `target_kl` below).
 
     Args:
         env: the environment, or a VecEnv of copies (parallel evaluations).

@@ -442,13 +442,26 @@ def _report(metrics: dict, out: str) -> None:
     click.echo(f"results in {out} (plan.json, pruned.pt, summary.md, metrics.csv, tb/; autoprune report {out})")
 
 
+def agent_options(func):
+    """Options of the `rl` agent in `search`, with `SearchConfig`'s defaults."""
+    from autoprune.search.config import SearchConfig
+
+    d = SearchConfig()
+    options = [
+        click.option("--steps-per-episode", type=int, default=d.steps_per_episode, show_default=True,
+                     help="1: one-shot masks; more: refine the last mask"),
+        click.option("--rollout", type=int, default=d.rollout, show_default=True, help="evaluations per PPO update"),
+        click.option("--learning-rate", type=float, default=d.learning_rate, show_default=True),
+        click.option("--tau", type=float, default=d.tau, show_default=True, help="self-competition reward temperature"),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @cli.command()
 @search_options
-@click.option("--steps-per-episode", type=int, default=1, show_default=True,
-              help="1: one-shot masks; more: refine the last mask")  # fmt: skip
-@click.option("--rollout", type=int, default=16, show_default=True, help="evaluations per PPO update")
-@click.option("--learning-rate", type=float, default=3e-4, show_default=True)
-@click.option("--tau", type=float, default=0.01, show_default=True, help="self-competition reward temperature")
+@agent_options
 @click.option("--resume", "resume_dir", type=click.Path(), default=None, help="continue a killed run")
 def search(resume_dir, quiet, **opts) -> None:
     """Search which channels to prune with the GAT policy and PPO (self-competition reward).
