@@ -34,8 +34,12 @@ METHODS = [
     "random-masks",
     "l1-uniform",
 ]
-ABLATIONS = {"rl-frozen": {"method": "rl", "learning_rate": 0.0}}
-"""Study-only variants: `rl-frozen` samples from the warm-started policy without ever updating it (what PPO adds)."""
+ABLATIONS = {
+    "rl-frozen": {"method": "rl", "learning_rate": 0.0},
+    "rl-refit": {"method": "rl", "problem": {"score_with_reconstruction": True}},
+}
+"""Study-only variants: `rl-frozen` samples from the warm-started policy without ever updating it (what PPO adds);
+`rl-refit` scores every candidate after the least-squares re-fit (`--score-with-reconstruction`)."""
 COLUMNS = [
     ("val_acc_pruned", "val pruned"),
     ("val_acc_recalibrated", "val +BN"),
@@ -122,13 +126,13 @@ def main() -> None:
                     import shutil
 
                     shutil.rmtree(out)
+                variant = dict(ABLATIONS.get(method, {"method": method}))
                 problem = ProblemConfig(
                     model=args.model, weights=args.weights, dataset=args.dataset, data_dir=args.data_dir,
-                    eval_samples=args.eval_samples,
+                    eval_samples=args.eval_samples, **variant.pop("problem", {}),
                 )  # fmt: skip
                 config = SearchConfig(
-                    problem=problem, target_flops=target, evaluations=args.evaluations, seed=seed,
-                    **ABLATIONS.get(method, {"method": method}),
+                    problem=problem, target_flops=target, evaluations=args.evaluations, seed=seed, **variant,
                     finetune_epochs=args.finetune_epochs, out=str(out),
                 )  # fmt: skip
                 start = time.perf_counter()
@@ -175,7 +179,8 @@ def write_table(args: argparse.Namespace, runs: Path) -> Path:
         "sensitivity (when the budget is at least 3× the probes), scores the cheap plans (sensitivity allocation, "
         "structural rule, global magnitude ranking), starts from the best of them and learns per-group widths and "
         "single channels from there (`autoprune/agents/warm_start.py`); `rl-frozen` (ablation) does the same but "
-        "never updates the policy; `structural` keeps groups that merge with others (residual streams, concats) "
+        "never updates the policy; `rl-refit` (variant) scores every candidate after the least-squares re-fit of "
+        "`--score-with-reconstruction`; `structural` keeps groups that merge with others (residual streams, concats) "
         "whole and cuts the rest uniformly by L1 (1 evaluation); `sensitivity` probes each group alone at 3 widths "
         "and allocates widths by measured drop per unit of FLOPs (probes count as evaluations); `global-magnitude` "
         "/ `global-taylor` are torch-pruning's global rankings (1 evaluation); `random-search` draws per-group "
