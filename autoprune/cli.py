@@ -302,6 +302,13 @@ def search_options(func):
         click.option(
             "--evaluations", type=int, default=d.evaluations, show_default=True, help="candidate evaluations to spend"
         ),
+        click.option(
+            "--finalists",
+            type=int,
+            default=d.finalists,
+            show_default=True,
+            help="best masks re-scored on fresh validation images to choose the plan (0: take the best score)",
+        ),
         click.option("--seed", type=int, default=d.seed, show_default=True),
         click.option("--device", default=p.device, show_default=True, help="cpu, cuda, cuda:N or auto"),
         click.option(
@@ -402,8 +409,8 @@ def _search_config(method: str, opts: dict):
         problem=problem, target_flops=target_flops, target_params=opts["target_params"],
         target_latency=opts["target_latency"], latency_batch=opts["latency_batch"], targets=targets,
         target_resource=opts["target_resource"], method=method,
-        evaluations=opts["evaluations"], seed=opts["seed"], finetune_epochs=opts["finetune_epochs"],
-        reconstruct=opts["reconstruct"],
+        evaluations=opts["evaluations"], finalists=opts["finalists"], seed=opts["seed"],
+        finetune_epochs=opts["finetune_epochs"], reconstruct=opts["reconstruct"],
         workers=opts["workers"], address=opts["address"], gpus_per_worker=opts["gpus_per_worker"], out=out, **extra,
     )  # fmt: skip
 

@@ -113,6 +113,22 @@ class Problem:
     def example_input(self) -> torch.Tensor:
         return torch.zeros(1, *self.bundle.input_shape, device=self.device)
 
+    def fresh_scorer(self) -> SlicedScorer | None:
+        """A scorer on as many validation images as the search's, none of them the search's (scored like the
+        search's candidates, without racing), or None where the validation split is too small to give them."""
+        samples = self.evaluator.num_samples
+        fresh = self.bundle.batches("val", self.config.eval_batch_size, limit=samples, skip=samples, device=self.device)
+        if not samples or sum(len(y) for _, y in fresh) < samples:
+            return None
+        return SlicedScorer(
+            self.model,
+            self.graph,
+            fresh,
+            self.evaluator.recalibration,
+            z=math.inf,
+            reconstruction=self.config.score_with_reconstruction,
+        )
+
 
 def resolve_device(device: str) -> torch.device:
     """`auto` picks cuda where available; asking for cuda without a GPU is an error."""

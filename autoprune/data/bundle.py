@@ -121,7 +121,12 @@ class DataBundle:
         return BatchLoader(self, self.split(split), batch_size, shuffle, augment, seed, device, drop_last)
 
     def batches(
-        self, split: str, batch_size: int, limit: int | None = None, device: str | torch.device | None = None
+        self,
+        split: str,
+        batch_size: int,
+        limit: int | None = None,
+        device: str | torch.device | None = None,
+        skip: int = 0,
     ) -> list[tuple[Tensor, Tensor]]:
         """Normalised batches of `limit` samples of a split (all if None), made once for re-use.
 
@@ -133,14 +138,18 @@ class DataBundle:
             batch_size: samples per batch.
             limit: how many samples to include.
             device: where the batches are kept.
+            skip: leave out the first `skip` samples of that fixed random order: `skip=n` gives samples disjoint
+                from `limit=n`'s (fewer, or none, where the split runs out).
         """
         images, labels = self.split(split)
-        if limit is not None:
-            if limit < 0:
-                raise AutopruneError(f"limit must not be negative, got {limit}")
-            if limit < len(labels):
-                subset = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:limit]
-                images, labels = images[subset.sort().values], labels[subset.sort().values]
+        if limit is not None or skip:
+            if (limit is not None and limit < 0) or skip < 0:
+                raise AutopruneError(f"limit and skip must not be negative, got {limit} and {skip}")
+            stop = len(labels) if limit is None else skip + limit
+            if skip or stop < len(labels):
+                order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+                subset = order[skip:stop].sort().values
+                images, labels = images[subset], labels[subset]
         head = BatchLoader(self, Split(images, labels), batch_size, False, False, 0, device, False)
         return list(head)
 

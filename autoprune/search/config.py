@@ -55,6 +55,10 @@ class SearchConfig:
     """`rl` (GAT policy + PPO, self-competition reward) or a baseline name."""
     evaluations: int = 300
     """Evaluations the search may spend: candidates scored, and probes such as sensitivity measurements."""
+    finalists: int = 8
+    """The search's best distinct masks re-scored on as many fresh validation images at the end of the budget, to
+    choose the plan on both (`autoprune.search.finalists`); at most 1/25 of the budget, none below 50 evaluations
+    or where the validation split is too small. 0: the plan is the best-scored mask."""
     seed: int = 0
     """Seeds the agent, the env and random baselines."""
     steps_per_episode: int = 1
@@ -106,6 +110,8 @@ class SearchConfig:
             raise AutopruneError(f"--latency-batch must be in [1, 4096], got {self.latency_batch}")
         if self.evaluations < 1:
             raise AutopruneError("--evaluations must be at least 1")
+        if self.finalists < 0:
+            raise AutopruneError(f"--finalists must be at least 0, got {self.finalists}")
         if self.workers < 1:
             raise AutopruneError("--workers must be at least 1")
         if self.steps_per_episode < 1 or not 2 <= self.rollout <= MAX_ROLLOUT:

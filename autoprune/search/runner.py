@@ -18,6 +18,7 @@ from autoprune.problem import Problem, load_problem
 from autoprune.recovery import quiet, stderr_log
 from autoprune.search.checkpoint import read_agent
 from autoprune.search.config import SearchConfig
+from autoprune.search.finalists import Finalists, confirm, reserved
 from autoprune.search.report import Outcome, finish
 from autoprune.search.rundir import RunDir
 from autoprune.search.state import check_masks, check_state
@@ -27,7 +28,13 @@ class Tracker:
     """Numbers evaluations, keeps the best feasible mask, writes metrics and drives the progress bar."""
 
     def __init__(
-        self, run: RunDir, total: int, done: int = 0, best: tuple[float, list] | None = None, progress: bool = True
+        self,
+        run: RunDir,
+        total: int,
+        done: int = 0,
+        best: tuple[float, list] | None = None,
+        progress: bool = True,
+        finalists: Finalists | None = None,
     ) -> None:
         self.run = run
         self.total = total
@@ -38,6 +45,8 @@ class Tracker:
         self.elapsed_before = 0.0
         self.images = 0
         """Images forwarded by the scorer (BN recalibration and validation) over all evaluations."""
+        self.finalists = finalists or Finalists(0)
+        """The best masks scored on every validation image, for `autoprune.search.finalists`."""
         self.bar = tqdm(total=total, initial=done, desc="search", unit="eval", disable=not progress, leave=True)
 
     def __call__(self, record: dict[str, Any]) -> bool:
@@ -54,6 +63,8 @@ class Tracker:
         probe = bool(record.get("probe"))
         if not probe and score > self.best_score:
             self.best_score, self.best_keep = score, np.asarray(record["keep"], dtype=np.int8).copy()
+        if not probe and record.get("full", True):
+            self.finalists.offer(score, np.asarray(record["keep"], dtype=np.int8))
         row = {
             **record,
             "evaluation": self.count,
@@ -78,6 +89,7 @@ class Tracker:
             "best_keep": self.best_keep.tolist() if self.best_keep is not None else None,
             "seconds": self.seconds,
             "images": self.images,
+            "finalists": self.finalists.state(),
         }
 
     def close(self) -> None:
@@ -164,14 +176,15 @@ def resume_search(
         config.problem = dataclasses.replace(config.problem, trust_pickle=trust_pickle, cache_dir=cache_dir)
         config.address = address
         state = run.load_state() if config.method == "rl" else None  # baselines restart: their stream is seeded
+        vectorised = config.workers > 1 or bool(config.address)
         if state is not None:
-            vectorised = config.workers > 1 or bool(config.address)
-            check_state(state, config.evaluations, needs_env=True, vectorised=vectorised)
+            check_state(state, config.evaluations, needs_env=False)
             if state["evaluations"] < config.evaluations:
                 read_agent(run.path / "checkpoint")  # refused now rather than after the setup
         rows = run.read_metrics(state["evaluations"] if state else 0)
         problem, constraints = _setup(config)
-        if state is not None:
+        if state is not None:  # the env is needed until the search part of the budget is spent
+            check_state(state, search_budget(config, problem), needs_env=True, vectorised=vectorised)
             check_masks(state, problem.graph, constraints)
         return _execute(config, problem, constraints, run, state=state, rows=rows, progress=progress).metrics
 
@@ -232,13 +245,15 @@ def _execute(
     done = int(state["evaluations"]) if state else 0
     best = (state["best_score"], state["best_keep"]) if state and state.get("best_keep") else None
     run.open_metrics(rows)
-    tracker = Tracker(run, config.evaluations, done=done, best=best, progress=progress)
+    budget = config.evaluations if config.targets else search_budget(config, problem)
+    finalists = Finalists.from_state(config.evaluations - budget, (state or {}).get("finalists") or [])
+    tracker = Tracker(run, budget, done=done, best=best, progress=progress, finalists=finalists)
     tracker.elapsed_before = float(state["seconds"]) if state else 0.0
     tracker.images = int(state.get("images", 0)) if state else 0
     if config.targets:
         return _execute_targets(config, problem, constraints, run, tracker, progress)
     try:
-        if done < config.evaluations:
+        if done < budget:
             if config.method == "rl":
                 _search_rl(config, problem, constraints, run, tracker, state)
             else:
@@ -249,11 +264,25 @@ def _execute(
         run.close()
     if tracker.best_keep is None:
         raise AutopruneError("the search made no evaluation")
+    keep, score, confirmed = tracker.best_keep, tracker.best_score, {}
+    if len(tracker.finalists.entries) >= 2:
+        confirmation = confirm(tracker.finalists, problem.fresh_scorer(), problem.evaluator.num_samples)
+        confirmation.save(run.path / "finalists.csv")
+        keep, confirmed = confirmation.keep, confirmation.metrics()
+        tracker.images += confirmation.images
+        tracker.count += len(confirmation.rows)
+        if progress:
+            chosen = confirmation.chosen
+            stderr_log(
+                f"re-scored the {len(confirmation.rows)} best masks on {problem.evaluator.num_samples} fresh "
+                f"validation images: chose the search's #{chosen['rank']} (search {chosen['search']:.2%}, fresh "
+                f"{chosen['fresh']:.2%}, both {chosen['pooled']:.2%}); finalists.csv"
+            )
     return finish(
         problem,
         constraints,
-        tracker.best_keep,
-        tracker.best_score,
+        keep,
+        score,
         run.path,
         method=config.method,
         finetune_epochs=config.finetune_epochs,
@@ -263,11 +292,21 @@ def _execute(
             "evaluations": tracker.count,
             "images_forwarded": tracker.images,
             "search_seconds": round(tracker.seconds, 2),
+            **confirmed,
             "round_to": problem.graph.round_to,
             "grid_steps": problem.graph.grid_steps,
         },
         log=stderr_log if progress else quiet,
     )
+
+
+def search_budget(config: SearchConfig, problem: Problem) -> int:
+    """Evaluations the search itself may spend: the budget less what confirming its finalists takes (nothing
+    where the validation split has no fresh images for them; see `autoprune.search.finalists`)."""
+    reserve = reserved(config.evaluations, config.finalists)
+    if reserve and problem.fresh_scorer() is None:
+        reserve = 0
+    return config.evaluations - reserve
 
 
 def _execute_targets(
@@ -302,7 +341,7 @@ def _search_baseline(config: SearchConfig, problem: Problem, constraints: Constr
         problem.graph,
         constraints,
         _scorer_with_keep(problem, constraints, tracker),
-        budget=config.evaluations,
+        budget=tracker.total,
         seed=config.seed,
         model=problem.model,
         example_input=problem.example_input(),
@@ -317,7 +356,7 @@ def _scorer_with_keep(problem: Problem, constraints: Constraints, tracker: Track
     def score(keep: np.ndarray) -> float:
         record = problem.evaluator.score(keep)
         tracker(
-            {"score": record.score, "keep": keep, "violation": 0.0, "images": record.images,
+            {"score": record.score, "keep": keep, "violation": 0.0, "images": record.images, "full": record.full,
              **_ratios(constraints, problem, keep)}
         )  # fmt: skip
         return record.score
@@ -375,7 +414,7 @@ def _search_rl(
         start = warm_start(problem.graph, starts["global-magnitude"], importance, sensitivity)
     else:  # score the cheap plans and start from the best (the reward competes against it)
         scorer = _scorer_with_keep(problem, constraints, tracker)
-        affordable = list(starts)[: max(1, config.evaluations - tracker.count)]
+        affordable = list(starts)[: max(1, tracker.total - tracker.count)]
         scores = {name: scorer(starts[name]) for name in affordable}
         best = max(scores, key=scores.get)
         start = warm_start(problem.graph, starts[best], importance, sensitivity)
@@ -434,7 +473,7 @@ def _search_rl(
             def _on_step(self) -> bool:
                 return True
 
-        remaining = config.evaluations - tracker.count
+        remaining = tracker.total - tracker.count
         if remaining > 0:
             ppo.learn(
                 total_timesteps=remaining,
