@@ -177,9 +177,11 @@ def edit_json(path: Path, change) -> None:
         (lambda s: {k: v for k, v in s.items() if k != "env"}, "env must be"),
         (lambda s: {**s, "env": {**s["env"], "lagrange": "x"}}, "env lagrange"),
         (lambda s: {**s, "env": {**s["env"], "recent_scores": None}}, "recent_scores"),
+        (lambda s: {**s, "finalists": 5}, "finalists must be a list"),
+        (lambda s: {**s, "finalists": [{"score": 0.5, "keep": [2]}]}, "a finalist's keep"),
     ],
     ids=["list", "missing-key", "string-count", "over-budget", "negative-seconds", "not-bits", "no-env",
-         "env-type", "env-scores"],
+         "env-type", "env-scores", "finalists-type", "finalist-bits"],
 )  # fmt: skip
 def test_bad_state_json_is_refused_before_any_work(finished, tmp_path, damage, fragment) -> None:
     run = killed_copy(finished, tmp_path)
@@ -190,11 +192,14 @@ def test_bad_state_json_is_refused_before_any_work(finished, tmp_path, damage, f
     assert (run / "metrics.csv").read_bytes() == metrics
 
 
-@pytest.mark.parametrize("where", ["best_keep", "env"])
+@pytest.mark.parametrize("where", ["best_keep", "env", "finalists"])
 def test_mask_of_the_wrong_length_is_refused_before_any_evaluation(finished, tmp_path, where) -> None:
     run = killed_copy(finished, tmp_path)
 
     def shorten(state):
+        if where == "finalists":
+            state["finalists"] = [{"score": 0.5, "keep": state["best_keep"][:-1]}]
+            return state
         target = state if where == "best_keep" else state["env"]
         target["best_keep"] = target["best_keep"][:-1]
         return state

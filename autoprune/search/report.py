@@ -114,7 +114,14 @@ def summary(plan: Plan, problem: Problem) -> str:
         "",
         f"Search: {cost(m)}. Fine-tuned: "
         + (f"{epochs:g} epochs." if epochs > 0 else "no.")
-        + (f" Reconstruction: {m['reconstruction']}." if "reconstruction" in m else ""),
+        + (f" Reconstruction: {m['reconstruction']}." if "reconstruction" in m else "")
+        + (
+            f" Plan: the search's #{m['finalist_chosen_rank']} of {m['finalists']} finalists re-scored on fresh "
+            f"validation images (search {m['search_val_acc_chosen']:.2%}, fresh {m['fresh_val_acc_chosen']:.2%}, "
+            f"both {m['pooled_val_acc_chosen']:.2%}; finalists.csv)."
+            if "finalists" in m
+            else ""
+        ),
         "",
         "| stage | val acc | test acc |",
         "|---|---|---|",
