@@ -307,7 +307,7 @@ def search_options(func):
             type=int,
             default=d.finalists,
             show_default=True,
-            help="best masks re-scored on fresh validation images to choose the plan (0: take the best score)",
+            help="best masks re-scored on fresh validation images to choose the plan (0: the best score is the plan)",
         ),
         click.option("--seed", type=int, default=d.seed, show_default=True),
         click.option("--device", default=p.device, show_default=True, help="cpu, cuda, cuda:N or auto"),

@@ -37,11 +37,11 @@ METHODS = [
 ABLATIONS = {
     "rl-frozen": {"method": "rl", "learning_rate": 0.0},
     "rl-refit": {"method": "rl", "problem": {"score_with_reconstruction": True}},
-    "rl-top1": {"method": "rl", "finalists": 0},
+    "rl-finalists": {"method": "rl", "finalists": 8},
 }
 """Study-only variants: `rl-frozen` samples from the warm-started policy without ever updating it (what PPO adds);
-`rl-refit` scores every candidate after the least-squares re-fit (`--score-with-reconstruction`); `rl-top1` takes
-the best-scored mask as the plan, with no finalists re-scored (`--finalists 0`)."""
+`rl-refit` scores every candidate after the least-squares re-fit (`--score-with-reconstruction`); `rl-finalists`
+chooses the plan among its 8 best masks re-scored on fresh validation images (`--finalists 8`)."""
 COLUMNS = [
     ("val_acc_pruned", "val pruned"),
     ("val_acc_recalibrated", "val +BN"),

@@ -84,8 +84,8 @@ def test_confirm_chooses_the_best_accuracy_over_both_image_sets(problem) -> None
 @pytest.fixture(scope="module")
 def confirmed_run(tmp_path_factory, cache_dir) -> Path:
     run = tmp_path_factory.mktemp("finalists") / "run"
-    args = ["--evaluations", "50", "--rollout", "8", "--eval-samples", str(SAMPLES), "--quiet", "--out", str(run)]
-    result = run_cli("search", "--target-flops", "0.5", *args)
+    args = ["--evaluations", "50", "--rollout", "8", "--eval-samples", str(SAMPLES), "--finalists", "8"]
+    result = run_cli("search", "--target-flops", "0.5", *args, "--quiet", "--out", str(run))
     assert result.returncode == 0, result.stderr
     return run
 
@@ -123,14 +123,14 @@ def test_resume_after_the_search_confirms_the_same_finalists(confirmed_run: Path
     assert len(read_csv(run / "metrics.csv")) == 48  # nothing searched again
 
 
-def test_finalists_zero_and_baselines(tmp_path: Path, cache_dir) -> None:
+def test_finalists_off_by_default_and_in_baselines(tmp_path: Path, cache_dir) -> None:
     common = ["--evaluations", "50", "--eval-samples", str(SAMPLES), "--quiet"]
     off = tmp_path / "off"
-    result = run_cli("baseline", "--method", "random-search", *common, "--finalists", "0", "--out", str(off))
+    result = run_cli("baseline", "--method", "random-search", *common, "--out", str(off))
     assert result.returncode == 0, result.stderr
     assert len(read_csv(off / "metrics.csv")) == 50 and not (off / "finalists.csv").exists()
     on = tmp_path / "on"
-    result = run_cli("baseline", "--method", "random-search", *common, "--out", str(on))
+    result = run_cli("baseline", "--method", "random-search", *common, "--finalists", "8", "--out", str(on))
     assert result.returncode == 0, result.stderr
     assert len(read_csv(on / "metrics.csv")) == 48 and len(read_csv(on / "finalists.csv")) == 2
     bad = ["--finalists", "-1", "--out", str(tmp_path / "x")]

@@ -55,10 +55,11 @@ class SearchConfig:
     """`rl` (GAT policy + PPO, self-competition reward) or a baseline name."""
     evaluations: int = 300
     """Evaluations the search may spend: candidates scored, and probes such as sensitivity measurements."""
-    finalists: int = 8
+    finalists: int = 0
     """The search's best distinct masks re-scored on as many fresh validation images at the end of the budget, to
     choose the plan on both (`autoprune.search.finalists`); at most 1/25 of the budget, none below 50 evaluations
-    or where the validation split is too small. 0: the plan is the best-scored mask."""
+    or where the validation split is too small. 0 (default; 8 did not choose better plans in
+    `bench/results/v10/finalists.md`): the plan is the best-scored mask."""
     seed: int = 0
     """Seeds the agent, the env and random baselines."""
     steps_per_episode: int = 1
