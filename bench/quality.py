@@ -163,7 +163,9 @@ def write_table(args: argparse.Namespace, runs: Path) -> Path:
     lines = [
         f"# Quality: {args.model} on {args.dataset}",
         "",
-        f"Command: `python bench/quality.py --model {args.model} --weights {args.weights} --data-dir {args.data_dir} "
+        f"Command: `python bench/quality.py --model {args.model} --weights {args.weights} "
+        + (f"--dataset {args.dataset} " if args.dataset != "cifar10" else "")
+        + f"--data-dir {args.data_dir} "
         f"--methods {' '.join(args.methods)} --targets {' '.join(map(str, args.targets))} "
         f"--seeds {' '.join(map(str, args.seeds))} --evaluations {args.evaluations} "
         f"--eval-samples {args.eval_samples} --finetune-epochs {args.finetune_epochs} --threads {args.threads}"
