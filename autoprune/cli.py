@@ -170,7 +170,7 @@ def info(model, weights, trust_pickle, input_shape, dataset, data_dir, num_class
 @click.option("--recalibrate/--no-recalibrate", default=True, show_default=True,
               help="re-estimate BN statistics on training batches (with --dataset)")  # fmt: skip
 @click.option("--reconstruct/--no-reconstruct", default=True, show_default=True,
-              help="re-fit the layers that lost input channels by least squares (with --dataset)")  # fmt: skip
+              help="re-fit the conv and linear layers by least squares (with --dataset)")  # fmt: skip
 @click.option("--finetune-epochs", type=float, default=0.0, show_default=True,
               help="fine-tune on the training split (with --dataset; use --device cuda for long runs)")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="seeds recalibration batches and fine-tuning")
@@ -184,7 +184,7 @@ def apply(plan_path, model, weights, trust_pickle, random_init, num_classes, dat
 
     The plan is applied to the trained weights it was searched on (--weights; the default digits model has its
     own). With --dataset the pruned model is recovered before it is written: BN statistics re-estimated on
-    training batches (as a search does; --no-recalibrate skips it), the layers that lost input channels re-fitted
+    training batches (as a search does; --no-recalibrate skips it), the conv and linear layers re-fitted
     by least squares (--no-reconstruct skips it) and --finetune-epochs of fine-tuning.
     """
     from autoprune.deploy import ApplyConfig, apply_plan
@@ -356,7 +356,7 @@ def search_options(func):
             "--reconstruct/--no-reconstruct",
             default=d.reconstruct,
             show_default=True,
-            help="re-fit the final plan's layers that lost input channels by least squares (after BN recalibration)",
+            help="re-fit the final plan's conv and linear layers by least squares (after BN recalibration)",
         ),
         click.option(
             "--finetune-epochs",

@@ -41,7 +41,7 @@ class ApplyConfig:
     recalibrate: bool = True
     """Re-estimate BatchNorm statistics on training batches (needs `dataset`)."""
     reconstruct: bool = True
-    """Then re-fit the layers that lost input channels by least squares (`autoprune.reconstruct`; needs `dataset`),
+    """Then re-fit the conv and linear layers by least squares (`autoprune.reconstruct`; needs `dataset`),
     kept only where it does not lower validation accuracy."""
     finetune_epochs: float = 0.0
     """Fine-tune on the training split for this many epochs after recalibration (needs `dataset`)."""

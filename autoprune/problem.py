@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ class ProblemConfig:
     """Training batches (of 64) for BN recalibration before scoring each candidate (0: none). Recalibrated
     scores track post-fine-tune accuracy far better than raw masked accuracy (EagleEye, Li et al. 2020)."""
     score_with_reconstruction: bool = False
-    """Re-fit each candidate's layers that lost input channels by least squares (`autoprune.reconstruct`) on the
+    """Re-fit each candidate's conv and linear layers by least squares (`autoprune.reconstruct`) on the
     recalibration images before scoring it: candidates are ranked by what they deliver after reconstruction, at
     about twice the cost per candidate. Needs `recalibrate_batches` > 0."""
     candidate_batch: int = 1
@@ -113,9 +114,11 @@ class Problem:
     def example_input(self) -> torch.Tensor:
         return torch.zeros(1, *self.bundle.input_shape, device=self.device)
 
+    @cached_property
     def fresh_scorer(self) -> SlicedScorer | None:
         """A scorer on as many validation images as the search's, none of them the search's (scored like the
-        search's candidates, without racing), or None where the validation split is too small to give them."""
+        search's candidates, without racing), or None where the validation split is too small to give them.
+        Built on first use, then kept."""
         samples = self.evaluator.num_samples
         fresh = self.bundle.batches("val", self.config.eval_batch_size, limit=samples, skip=samples, device=self.device)
         if not samples or sum(len(y) for _, y in fresh) < samples:

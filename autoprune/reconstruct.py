@@ -1,16 +1,19 @@
-"""Least-squares reconstruction: re-fit the layers that lost input channels so they reproduce the unpruned outputs.
+"""Least-squares reconstruction: re-fit the pruned network's layers so they reproduce the unpruned outputs.
 
-After channels are removed, a layer that consumed them computes its output from fewer inputs. He et al. 2017
-("Channel Pruning for Accelerating Very Deep Neural Networks", https://arxiv.org/abs/1707.06168) and ThiNet
-(https://arxiv.org/abs/1707.06342) re-fit that layer's kept weights by least squares so that its output matches
-the unpruned network's on a few hundred images. `reconstruct` does this for every such convolution (plain,
-grouped, depthwise) and linear layer, in execution order, so each layer is fitted on inputs that come from the
-already reconstructed layers before it. It works on the physically pruned network and the plan's kept channels,
-so residual adds and concats need no special case: a layer's target is the unpruned layer's output restricted to
-the channels it keeps.
+After channels are removed, a layer that consumed them computes its output from fewer inputs, and every layer
+after it receives inputs that drifted from the unpruned network's. He et al. 2017 ("Channel Pruning for
+Accelerating Very Deep Neural Networks", https://arxiv.org/abs/1707.06168) and ThiNet
+(https://arxiv.org/abs/1707.06342) re-fit a layer's kept weights by least squares so that its output matches the
+unpruned network's on a few hundred images. `reconstruct` does this for every convolution (plain, grouped,
+depthwise) and linear layer, in execution order, so each layer is fitted on inputs that come from the already
+reconstructed layers before it and corrects the drift they leave. It works on the physically pruned network and
+the plan's kept channels, so residual adds and concats need no special case: a layer's target is the unpruned
+layer's output restricted to the channels it keeps.
 
-The fit is ridge-regularised, ``W = (XᵀX + λ·mean(diag XᵀX)·I)⁻¹ XᵀY``, with the normal equations accumulated in
+The fit is ridge-regularised towards the layer's own (sliced) weights W₀,
+``W = (XᵀX + λ·mean(diag XᵀX)·I)⁻¹ (XᵀY + λ·mean(diag XᵀX)·W₀)``, with the normal equations accumulated in
 float64 over calibration batches; a convolution contributes a random subset of its output positions per image.
+A layer whose inputs did not change keeps its weights (its fit is already exact).
 """
 
 from __future__ import annotations
@@ -60,10 +63,12 @@ class Reconstruction:
 
 
 def layers_to_refit(original: nn.Module, pruned: nn.Module) -> tuple[list[str], dict[str, str]]:
-    """Conv2d and Linear layers of `pruned` with fewer input channels than in `original`, and unsupported ones.
+    """The Conv2d and Linear layers of `pruned` to re-fit, and the layers that lost inputs but cannot be re-fitted.
 
-    A depthwise convolution's inputs are its own channels, so removing some removes whole filters: nothing to
-    re-fit. Returns the names to re-fit and `{name: reason}` for layers that lost inputs but cannot be re-fitted.
+    Every such layer is re-fitted, not only those with fewer input channels: a cut upstream shifts the inputs of
+    every layer after it. A depthwise convolution's inputs are its own channels (removing some removes whole
+    filters), so it is re-fitted per channel. Returns the names in module order and `{name: reason}` for layers
+    that lost input channels but are of a kind the re-fit does not support (Conv1d/3d, non-zero padding).
     """
     before = dict(original.named_modules())
     names, skipped = [], {}
@@ -72,17 +77,17 @@ def layers_to_refit(original: nn.Module, pruned: nn.Module) -> tuple[list[str], 
         if type(old) is not type(module) or not isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
             continue
         if isinstance(module, nn.Linear):
-            if module.in_features < old.in_features:
-                names.append(name)
-            continue
-        if module.in_channels == old.in_channels or module.groups == module.in_channels:
-            continue
-        if not isinstance(module, nn.Conv2d):
-            skipped[name] = f"{type(module).__name__} is not supported"
-        elif module.padding_mode != "zeros" or (isinstance(module.padding, str) and module.padding != "valid"):
-            skipped[name] = f"padding {module.padding!r} ({module.padding_mode}) is not supported"
-        else:
             names.append(name)
+            continue
+        reason = None
+        if not isinstance(module, nn.Conv2d):
+            reason = f"{type(module).__name__} is not supported"
+        elif module.padding_mode != "zeros" or (isinstance(module.padding, str) and module.padding != "valid"):
+            reason = f"padding {module.padding!r} ({module.padding_mode}) is not supported"
+        if reason is None:
+            names.append(name)
+        elif module.in_channels < old.in_channels and module.groups != module.in_channels:
+            skipped[name] = reason
     return names, skipped
 
 
@@ -167,7 +172,7 @@ def reconstruct(
     seed: int = 0,
     targets: Targets | None = None,
 ) -> Reconstruction:
-    """Re-fit, in place, the weights of every layer of `pruned` whose input channels were removed.
+    """Re-fit, in place, the weights of the Conv2d and Linear layers of `pruned` (see `layers_to_refit`).
 
     Two forward passes over the calibration images, as one batch: the unpruned network's records each layer's
     target (`Targets`); in the pruned network's, a hook on each layer re-fits it on the inputs it receives, which
@@ -178,7 +183,7 @@ def reconstruct(
         pruned: the physically pruned network (the plan applied to a copy of `original`; same module names).
         kept: the plan's kept channels, `{module: {"out": [...], "in": [...]}}`; a module without "out" keeps all.
         batches: calibration batches (x, y) from the training split, on the models' device; labels are unused.
-        ridge: regulariser λ, relative to the mean diagonal of XᵀX.
+        ridge: regulariser λ towards the layer's current weights, relative to the mean diagonal of XᵀX.
         positions: output positions sampled per image from each convolution (all when it has fewer).
         seed: seeds the position sampling.
         targets: the unpruned outputs, computed before (then `batches`, `positions` and `seed` are unused).
@@ -294,15 +299,15 @@ class _Normal:
         return max(residual, 0.0) / max(self.yty, 1e-30)
 
     def solve(self, name: str, ridge: float) -> LayerFit:
-        """Solve the ridge problem and write the weights (and bias) into the module."""
+        """Solve the ridge problem (towards the current weights) and write the weights (and bias) into the module."""
         assert self.xtx is not None and self.xty is not None
         before = self.weights()
         diag = self.xtx.diagonal(dim1=1, dim2=2)
-        lam = ridge * diag.mean(dim=1).clamp_min(1e-12)
+        lam = (ridge * diag.mean(dim=1).clamp_min(1e-12))[:, None, None]
         eye = torch.eye(self.xtx.shape[-1], dtype=self.xtx.dtype, device=self.xtx.device)
-        w = torch.linalg.solve(self.xtx + lam[:, None, None] * eye, self.xty)
+        w = torch.linalg.solve(self.xtx + lam * eye, self.xty + lam * before)
         fit = LayerFit(name, self.rows, self.error(before), self.error(w))
-        if fit.error_after > fit.error_before:  # ridge on a layer already exact: keep what it had
+        if fit.error_after >= fit.error_before:  # a layer already exact (inputs unchanged): keep what it had
             fit.error_after = fit.error_before
             return fit
         m = self.module

@@ -80,11 +80,11 @@ def recalibration(
 
 
 def reconstruction(
-    original: nn.Module, kept: dict[str, dict[str, list[int]]], images: int = 256, seed: int = 0
+    original: nn.Module, kept: dict[str, dict[str, list[int]]], images: int = 1024, seed: int = 0
 ) -> Stage:
     """Least-squares reconstruction (`autoprune.reconstruct`) of the network as cut from `original`.
 
-    It re-fits the layers that lost input channels on `images` training images and keeps the unpruned model's BN
+    It re-fits every conv and linear layer on `images` training images and keeps the unpruned model's BN
     statistics, which fit outputs re-fitted to match the unpruned ones (re-estimating them after the re-fit was
     0.5-2.1 points worse on the test split for the four ResNet-56 plans of bench/results/reconstruction.md). The
     re-fitted model replaces the one it is given only if it is at least as accurate on the validation split, so
@@ -106,7 +106,7 @@ def reconstruction(
         model.eval()
         return {**done, "reconstruction": "re-fitted"}
 
-    return Stage("reconstructed", run, f"re-fitting the layers that lost inputs (least squares on {images} images)")
+    return Stage("reconstructed", run, f"re-fitting the layers (least squares on {images} images)")
 
 
 def finetuning(epochs: float, seed: int = 0, progress: bool = False, lr: float = 0.02) -> Stage:

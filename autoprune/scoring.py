@@ -86,7 +86,7 @@ class SlicedScorer:
             first racing stage. None: no recalibration, and the first `race_samples` validation images race.
         race_samples: without recalibration, the validation images of the first stage.
         z: paired standard errors below the incumbent at which a candidate stops early (inf: no racing).
-        reconstruction: before recalibration, re-fit the layers that lost input channels by least squares
+        reconstruction: before recalibration, re-fit the conv and linear layers by least squares
             (`autoprune.reconstruct`) on the recalibration images; the unpruned outputs are computed once.
 
     Attributes:

@@ -52,26 +52,26 @@ def problem(cache_dir):
 
 
 def test_fresh_images_are_as_many_and_none_of_the_searchs(problem) -> None:
-    fresh = problem.fresh_scorer()
+    fresh = problem.fresh_scorer
     assert fresh is not None and fresh.num_samples == SAMPLES == problem.evaluator.num_samples
     search_images = {x.numpy().tobytes() for x in problem.evaluator.x}
     assert not any(x.numpy().tobytes() in search_images for x in fresh.x)
     pairs = zip(fresh.recalibration, problem.evaluator.recalibration, strict=True)
     assert all(a is b for pair in pairs for a, b in zip(*pair, strict=True))  # recalibrated as the search's were
-    assert load_problem(ProblemConfig(eval_samples=100)).fresh_scorer() is None  # 144 images cannot give 2 × 100
+    assert load_problem(ProblemConfig(eval_samples=100)).fresh_scorer is None  # 144 images cannot give 2 × 100
 
 
 def test_confirm_chooses_the_best_accuracy_over_both_image_sets(problem) -> None:
     graph = problem.graph
     good = project(graph, graph.full_mask(), Constraints(flops=0.8))
     bad = smallest_mask(graph)
-    fresh = problem.fresh_scorer()
+    fresh = problem.fresh_scorer
     good_fresh, bad_fresh = fresh.score(good).score, fresh.score(bad).score
     assert good_fresh > bad_fresh + 0.1
     finalists = Finalists(2)
     finalists.offer(0.95, bad)  # the search's best, by a margin the fresh images overturn
     finalists.offer(0.93, good)
-    result = confirm(finalists, problem.fresh_scorer(), SAMPLES)
+    result = confirm(finalists, problem.fresh_scorer, SAMPLES)
     assert np.array_equal(result.keep, good)
     assert [r["rank"] for r in result.rows if r["chosen"]] == [2]
     assert [r["fresh"] for r in result.rows] == [bad_fresh, good_fresh]

@@ -54,8 +54,10 @@ def test_redundant_channels_are_reconstructed_exactly(groups: int, positions: in
     with torch.no_grad():
         assert (pruned(x) - model(x)).abs().max() > 1e-2  # cutting them does hurt before the re-fit
     report = reconstruct(model, pruned, kept, calibration(), ridge=1e-9, positions=positions)
-    assert [f.name for f in report.layers] == ["conv2"]
-    assert report.layers[0].error_before > 1e-3 and report.layers[0].error_after < 1e-5
+    fits = {f.name: f for f in report.layers}
+    assert list(fits) == ["conv1", "conv2", "fc"]
+    assert fits["conv2"].error_before > 1e-3 and fits["conv2"].error_after < 1e-5
+    assert fits["conv1"].error_before < 1e-6  # its inputs are the images: nothing to correct
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), model(x), atol=1e-4, rtol=1e-4)
 
@@ -68,7 +70,7 @@ def test_linear_layer_is_reconstructed_exactly() -> None:
     pruned = apply_kept_channels(copy.deepcopy(model), kept)
     x = torch.randn(64, 5)
     report = reconstruct(model, pruned, kept, [(x, torch.zeros(64))], ridge=1e-9)
-    assert [f.name for f in report.layers] == ["1"]
+    assert [f.name for f in report.layers] == ["0", "1"]
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), model(x), atol=1e-4, rtol=1e-4)
 
@@ -95,7 +97,7 @@ def test_reconstructed_network_equals_its_masked_twin(resnet20) -> None:
     for name, module in full.named_modules():
         if name in {f.name for f in report.layers}:
             rows = torch.as_tensor(kept.get(name, {}).get("out", range(module.weight.shape[0])))
-            cols = torch.as_tensor(kept[name]["in"])
+            cols = torch.as_tensor(kept.get(name, {}).get("in", range(module.weight.shape[1])))
             with torch.no_grad():
                 module.weight.zero_()
                 module.weight[rows[:, None], cols] = refitted[name].weight
@@ -125,15 +127,52 @@ def test_reconstruction_brings_a_pruned_network_closer_to_the_original(resnet20)
     assert report.images == 2 * 128 and report.seconds > 0
 
 
-def test_layers_without_removed_inputs_and_depthwise_convs_are_left_alone() -> None:
+def test_every_layer_is_refitted_and_unsupported_ones_that_lost_inputs_are_named() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, groups=4), nn.Conv2d(4, 2, 1)).eval()
     kept = {"0": {"out": [0, 1, 3]}, "1": {"out": [0, 1, 3]}, "2": {"in": [0, 1, 3]}}
     pruned = apply_kept_channels(copy.deepcopy(model), kept)
-    assert layers_to_refit(model, pruned) == (["2"], {})
-    padded = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 3, padding=1, padding_mode="reflect")).eval()
+    assert layers_to_refit(model, pruned) == (["0", "1", "2"], {})
+    padded = nn.Sequential(
+        nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 3, padding=1, padding_mode="reflect"), nn.Conv1d(2, 2, 1)
+    ).eval()
     small = apply_kept_channels(copy.deepcopy(padded), {"0": {"out": [0, 1]}, "1": {"in": [0, 1]}})
     names, skipped = layers_to_refit(padded, small)
-    assert names == [] and "reflect" in skipped["1"]
+    assert names == ["0"] and list(skipped) == ["1"] and "reflect" in skipped["1"]  # "2" lost nothing
+
+
+class Chain(nn.Module):
+    """conv1 → relu → conv2 → relu → conv3: cutting conv1's outputs shifts conv3's inputs, though conv3 keeps all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x)))))
+
+
+def test_a_layer_that_kept_its_inputs_corrects_the_drift_before_it() -> None:
+    torch.manual_seed(0)
+    model = Chain().eval()
+    kept = {"conv1": {"out": [0, 2, 4, 6]}, "conv2": {"in": [0, 2, 4, 6]}}
+    pruned = apply_kept_channels(copy.deepcopy(model), kept)
+    fits = {f.name: f for f in reconstruct(model, pruned, kept, calibration(64), ridge=1e-6).layers}
+    assert fits["conv3"].error_before > 1e-3
+    assert fits["conv3"].error_after < 0.99 * fits["conv3"].error_before
+    assert pruned.conv3.weight.shape == model.conv3.weight.shape
+    assert not torch.equal(pruned.conv3.weight, model.conv3.weight)
+
+
+def test_a_large_ridge_keeps_the_layers_own_weights() -> None:
+    """The ridge pulls towards the layer's sliced weights, not towards zero."""
+    torch.manual_seed(0)
+    model = Chain().eval()
+    kept = {"conv1": {"out": [0, 2, 4, 6]}, "conv2": {"in": [0, 2, 4, 6]}}
+    pruned = apply_kept_channels(copy.deepcopy(model), kept)
+    sliced = copy.deepcopy(pruned)
+    reconstruct(model, pruned, kept, calibration(64), ridge=1e6)
+    for a, b in zip(pruned.parameters(), sliced.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
 
 
 def test_targets_computed_once_serve_every_plan(resnet20) -> None:

@@ -42,7 +42,7 @@ def one_line_error(result) -> str:
 def test_every_step_after_the_search_says_what_it_does(run) -> None:
     _, stderr = run
     for step in ("evaluating the unpruned model", "evaluating the pruned model", "recalibrating BN statistics",
-                 "evaluating the recalibrated model", "re-fitting the layers that lost inputs",
+                 "evaluating the recalibrated model", "re-fitting the layers (least squares",
                  "evaluating the reconstructed model", "writing plan.json"):  # fmt: skip
         assert step in stderr
 

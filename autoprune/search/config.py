@@ -73,7 +73,7 @@ class SearchConfig:
     finetune_epochs: float = 0.0
     """Fine-tune the pruned model for this many epochs after the search (fractions allowed)."""
     reconstruct: bool = True
-    """After BN recalibration, re-fit the final plan's layers that lost input channels by least squares
+    """After BN recalibration, re-fit the final plan's conv and linear layers by least squares
     (`autoprune.reconstruct`), kept only where it does not lower validation accuracy."""
     workers: int = 1
     """Parallel evaluation workers; more than 1 uses Ray actors."""

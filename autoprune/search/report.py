@@ -47,8 +47,8 @@ def finish(
     """Prune `keep` for real, recover and measure it, write the run's results to `out` and return them.
 
     The plan is `keep` filled up to the budget (`autoprune.constraints.fill`): whatever method found the mask,
-    budget it leaves unused is capacity lost after fine-tuning. With `reconstruct`, the layers that lost input
-    channels are re-fitted by least squares after BN recalibration (`autoprune.recovery.reconstruction`).
+    budget it leaves unused is capacity lost after fine-tuning. With `reconstruct`, the conv and linear layers
+    are re-fitted by least squares after BN recalibration (`autoprune.recovery.reconstruction`).
     """
     start = time.perf_counter()
     model, bundle, device = problem.model, problem.bundle, problem.device

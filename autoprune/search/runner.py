@@ -266,7 +266,7 @@ def _execute(
         raise AutopruneError("the search made no evaluation")
     keep, score, confirmed = tracker.best_keep, tracker.best_score, {}
     if len(tracker.finalists.entries) >= 2:
-        confirmation = confirm(tracker.finalists, problem.fresh_scorer(), problem.evaluator.num_samples)
+        confirmation = confirm(tracker.finalists, problem.fresh_scorer, problem.evaluator.num_samples)
         confirmation.save(run.path / "finalists.csv")
         keep, confirmed = confirmation.keep, confirmation.metrics()
         tracker.images += confirmation.images
@@ -304,7 +304,7 @@ def search_budget(config: SearchConfig, problem: Problem) -> int:
     """Evaluations the search itself may spend: the budget less what confirming its finalists takes (nothing
     where the validation split has no fresh images for them; see `autoprune.search.finalists`)."""
     reserve = reserved(config.evaluations, config.finalists)
-    if reserve and problem.fresh_scorer() is None:
+    if reserve and problem.fresh_scorer is None:
         reserve = 0
     return config.evaluations - reserve
 
