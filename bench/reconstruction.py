@@ -2,7 +2,7 @@
 
 For the plan of every finished run in the given study directories (as written by `bench/quality.py`), measures
 test and validation accuracy of the pruned network after BN recalibration (20 batches of 128, what a search's `finish`
-does), after reconstruction (`autoprune.reconstruct`, 256 training images) of the network as cut, after that
+does), after reconstruction (`autoprune.reconstruct`, 1024 training images by default) of the network as cut, after that
 and BN recalibration, and after the same 1-epoch fine-tune the quality study uses (from the BN-recalibrated
 network), plus the reconstruction's wall time and peak memory. Writes a markdown table.
 
@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--finetune-epochs", type=float, default=1.0)
-    parser.add_argument("--images", type=int, default=256, help="calibration images for reconstruction")
+    parser.add_argument("--images", type=int, default=1024, help="calibration images for reconstruction")
     parser.add_argument("--runs", nargs="*", default=None, help="only these run names (default: all finished)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)

@@ -7,7 +7,7 @@ import torch
 from autoprune.constraints import Constraints, project
 from autoprune.graph import build_channel_graph
 from autoprune.plan import Plan
-from autoprune.recovery import Stage, quiet, recover, recovery_stages, stage_label
+from autoprune.recovery import Stage, calibration_images, quiet, recover, recovery_stages, stage_label
 from autoprune.search.report import stages
 from autoprune.training import pretrained_default
 
@@ -44,3 +44,11 @@ def test_another_stage_slots_in_and_reports_show_it(cache_dir) -> None:
     assert stages(metrics) == ["pruned", "reconstructed", "recalibrated"]
     assert "val_acc_pruned" not in metrics
     assert stage_label("reconstructed") == "+ reconstruction" and stage_label("custom") == "custom"
+
+
+def test_reconstruction_calibrates_on_a_bounded_number_of_pixels() -> None:
+    """1024 CIFAR-sized images, fewer for larger inputs (one batch in memory), never below 64."""
+    assert calibration_images((3, 32, 32)) == 1024
+    assert calibration_images((1, 8, 8)) == 1024
+    assert calibration_images((3, 64, 64)) == 256
+    assert calibration_images((3, 224, 224)) == 64
