@@ -84,22 +84,21 @@ CALIBRATION_PIXELS = 1024 * 32 * 32
 memory for ResNet-56). They pass through the network as one batch, so larger inputs get fewer images."""
 
 
-def calibration_images(input_shape: tuple[int, ...]) -> int:
+def calibration_images(input_shape: tuple[int, int, int]) -> int:
     """How many training images the reconstruction fits on: `CALIBRATION_PIXELS` worth, between 64 and 1024."""
-    pixels = max(input_shape[-1] * input_shape[-2], 1) if len(input_shape) >= 3 else 1
-    return max(64, min(1024, CALIBRATION_PIXELS // pixels))
+    return max(64, min(1024, CALIBRATION_PIXELS // (input_shape[-1] * input_shape[-2])))
 
 
 def reconstruction(original: nn.Module, kept: dict[str, dict[str, list[int]]], seed: int = 0) -> Stage:
     """Least-squares reconstruction (`autoprune.reconstruct`) of the network as cut from `original`.
 
     It re-fits every conv and linear layer on `calibration_images` training images (1024 of CIFAR's size; on
-    ResNet-56 at 50% FLOPs 1024 gave 0.7-0.9 points more test accuracy than 256 on two plans, 2048 at most 0.2 more than
-    1024, bench/results/v12/refit_variants.md) and keeps the unpruned model's BN
-    statistics, which fit outputs re-fitted to match the unpruned ones (re-estimating them after the re-fit was
-    0.5-2.1 points worse on the test split for the four ResNet-56 plans of bench/results/reconstruction.md). The
-    re-fitted model replaces the one it is given only if it is at least as accurate on the validation split, so
-    the stage never lowers validation accuracy; the metric `reconstruction` says which happened.
+    ResNet-56 at 50% FLOPs 1024 gave 0.7-0.9 points more test accuracy than 256 on two plans, 2048 at most 0.2
+    more than 1024, bench/results/v12/refit_variants.md) and keeps the unpruned model's BN statistics, which fit
+    outputs re-fitted to match the unpruned ones (re-estimating them after the re-fit was 0.5-2.1 points worse on
+    the test split for the four ResNet-56 plans of bench/results/reconstruction.md). The re-fitted model replaces
+    the one it is given only if it is at least as accurate on the validation split, so the stage never lowers
+    validation accuracy; the metric `reconstruction` says which happened.
     """
 
     def run(model: nn.Module, bundle: DataBundle, device: torch.device) -> dict[str, Any]:
@@ -108,7 +107,7 @@ def reconstruction(original: nn.Module, kept: dict[str, dict[str, list[int]]], s
         net = apply_kept_channels(copy.deepcopy(original).to(device).eval(), kept)
         images = calibration_images(bundle.input_shape)
         loader = bundle.loader("train", 64, shuffle=True, seed=seed + 1, device=device)
-        calibration = [b for _, b in zip(range(max(images // 64, 1)), loader, strict=False)]
+        calibration = [b for _, b in zip(range(images // 64), loader, strict=False)]
         report = reconstruct(original.to(device), net, kept, calibration)
         accuracy = evaluate(net, val, device)
         done = {"reconstruction_seconds": round(report.seconds, 2), "reconstruction_layers": len(report.layers)}
