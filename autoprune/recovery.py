@@ -89,6 +89,15 @@ def calibration_images(input_shape: tuple[int, int, int]) -> int:
     return max(64, min(1024, CALIBRATION_PIXELS // (input_shape[-1] * input_shape[-2])))
 
 
+def calibration_batches(
+    bundle: DataBundle, images: int, seed: int, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The reconstruction's calibration data: `images` shuffled training images (in batches of 64, rounded down),
+    drawn with `seed`; fewer images with the same seed are the first of the same draw."""
+    loader = bundle.loader("train", 64, shuffle=True, seed=seed + 1, device=device)
+    return [b for _, b in zip(range(images // 64), loader, strict=False)]
+
+
 def reconstruction(original: nn.Module, kept: dict[str, dict[str, list[int]]], seed: int = 0) -> Stage:
     """Least-squares reconstruction (`autoprune.reconstruct`) of the network as cut from `original`.
 
@@ -105,9 +114,7 @@ def reconstruction(original: nn.Module, kept: dict[str, dict[str, list[int]]], s
         val = bundle.batches("val", 500, device=device)
         given = evaluate(model, val, device)
         net = apply_kept_channels(copy.deepcopy(original).to(device).eval(), kept)
-        images = calibration_images(bundle.input_shape)
-        loader = bundle.loader("train", 64, shuffle=True, seed=seed + 1, device=device)
-        calibration = [b for _, b in zip(range(images // 64), loader, strict=False)]
+        calibration = calibration_batches(bundle, calibration_images(bundle.input_shape), seed, device)
         report = reconstruct(original.to(device), net, kept, calibration)
         accuracy = evaluate(net, val, device)
         done = {"reconstruction_seconds": round(report.seconds, 2), "reconstruction_layers": len(report.layers)}

@@ -178,10 +178,13 @@ def edit_json(path: Path, change) -> None:
         (lambda s: {**s, "env": {**s["env"], "lagrange": "x"}}, "env lagrange"),
         (lambda s: {**s, "env": {**s["env"], "recent_scores": None}}, "recent_scores"),
         (lambda s: {**s, "finalists": 5}, "finalists must be a list"),
-        (lambda s: {**s, "finalists": [{"score": 0.5, "keep": [2]}]}, "a finalist's keep"),
+        (lambda s: {**s, "finalists": [{"score": 0.5, "keep": [2]}]}, "finalists keep"),
+        (lambda s: {**s, "leaders": [{"score": "x", "keep": [1]}]}, "leaders score"),
+        (lambda s: {**s, "named": [1, 0]}, "named must be an object"),
+        (lambda s: {**s, "named": {"structural": []}}, "named plan 'structural'"),
     ],
     ids=["list", "missing-key", "string-count", "over-budget", "negative-seconds", "not-bits", "no-env",
-         "env-type", "env-scores", "finalists-type", "finalist-bits"],
+         "env-type", "env-scores", "finalists-type", "finalist-bits", "leader-score", "named-type", "named-bits"],
 )  # fmt: skip
 def test_bad_state_json_is_refused_before_any_work(finished, tmp_path, damage, fragment) -> None:
     run = killed_copy(finished, tmp_path)
@@ -192,13 +195,16 @@ def test_bad_state_json_is_refused_before_any_work(finished, tmp_path, damage, f
     assert (run / "metrics.csv").read_bytes() == metrics
 
 
-@pytest.mark.parametrize("where", ["best_keep", "env", "finalists"])
+@pytest.mark.parametrize("where", ["best_keep", "env", "finalists", "named"])
 def test_mask_of_the_wrong_length_is_refused_before_any_evaluation(finished, tmp_path, where) -> None:
     run = killed_copy(finished, tmp_path)
 
     def shorten(state):
         if where == "finalists":
             state["finalists"] = [{"score": 0.5, "keep": state["best_keep"][:-1]}]
+            return state
+        if where == "named":
+            state["named"] = {"structural": state["best_keep"][:-1]}
             return state
         target = state if where == "best_keep" else state["env"]
         target["best_keep"] = target["best_keep"][:-1]
@@ -210,9 +216,15 @@ def test_mask_of_the_wrong_length_is_refused_before_any_evaluation(finished, tmp
     assert (run / "metrics.csv").read_bytes() == metrics
 
 
-def test_best_mask_over_budget_is_refused(finished, tmp_path) -> None:
+@pytest.mark.parametrize("where", ["best_keep", "named"])
+def test_mask_over_budget_is_refused(finished, tmp_path, where) -> None:
     run = killed_copy(finished, tmp_path)
-    edit_json(run / "checkpoint" / "state.json", lambda s: {**s, "best_keep": [1] * len(s["best_keep"])})
+
+    def unpruned(state):
+        full = [1] * len(state["best_keep"])
+        return {**state, "best_keep": full} if where == "best_keep" else {**state, "named": {"structural": full}}
+
+    edit_json(run / "checkpoint" / "state.json", unpruned)
     assert "exceeds the run's budget" in cli_error(["search", "--resume", str(run), "--quiet"])
 
 

@@ -121,6 +121,13 @@ def summary(plan: Plan, problem: Problem) -> str:
             f"both {m['pooled_val_acc_chosen']:.2%}; finalists.csv)."
             if "finalists" in m
             else ""
+        )
+        + (
+            f" Plan: {m['shortlist_chosen']}, the best of {m['shortlist']} shortlisted masks by validation accuracy "
+            f"after a quick re-fit ({m['shortlist_val_acc_chosen']:.2%}; the search's plan "
+            f"{m['shortlist_val_acc_search_best']:.2%}; shortlist.csv)."
+            if "shortlist" in m
+            else ""
         ),
         "",
         "| stage | val acc | test acc |",

@@ -21,6 +21,7 @@ from autoprune.search.config import SearchConfig
 from autoprune.search.finalists import Finalists, confirm, reserved
 from autoprune.search.report import Outcome, finish
 from autoprune.search.rundir import RunDir
+from autoprune.search.shortlist import TOP, candidates, choose
 from autoprune.search.state import check_masks, check_state
 
 
@@ -35,6 +36,7 @@ class Tracker:
         best: tuple[float, list] | None = None,
         progress: bool = True,
         finalists: Finalists | None = None,
+        leaders: Finalists | None = None,
     ) -> None:
         self.run = run
         self.total = total
@@ -47,6 +49,10 @@ class Tracker:
         """Images forwarded by the scorer (BN recalibration and validation) over all evaluations."""
         self.finalists = finalists or Finalists(0)
         """The best masks scored on every validation image, for `autoprune.search.finalists`."""
+        self.leaders = leaders or Finalists(TOP)
+        """The best masks scored on every validation image, for the shortlist (`autoprune.search.shortlist`)."""
+        self.named: dict[str, np.ndarray] = {}
+        """Cheap plans the search scored, by name (the agent's start masks), for the shortlist."""
         self.bar = tqdm(total=total, initial=done, desc="search", unit="eval", disable=not progress, leave=True)
 
     def __call__(self, record: dict[str, Any]) -> bool:
@@ -65,6 +71,7 @@ class Tracker:
             self.best_score, self.best_keep = score, np.asarray(record["keep"], dtype=np.int8).copy()
         if not probe and record.get("full", True):
             self.finalists.offer(score, np.asarray(record["keep"], dtype=np.int8))
+            self.leaders.offer(score, np.asarray(record["keep"], dtype=np.int8))
         row = {
             **record,
             "evaluation": self.count,
@@ -90,6 +97,8 @@ class Tracker:
             "seconds": self.seconds,
             "images": self.images,
             "finalists": self.finalists.state(),
+            "leaders": self.leaders.state(),
+            "named": {name: keep.tolist() for name, keep in self.named.items()},
         }
 
     def close(self) -> None:
@@ -247,9 +256,11 @@ def _execute(
     run.open_metrics(rows)
     budget = config.evaluations if config.targets else search_budget(config, problem)
     finalists = Finalists.from_state(config.evaluations - budget, (state or {}).get("finalists") or [])
-    tracker = Tracker(run, budget, done=done, best=best, progress=progress, finalists=finalists)
+    leaders = Finalists.from_state(TOP, (state or {}).get("leaders") or [])
+    tracker = Tracker(run, budget, done=done, best=best, progress=progress, finalists=finalists, leaders=leaders)
     tracker.elapsed_before = float(state["seconds"]) if state else 0.0
     tracker.images = int(state.get("images", 0)) if state else 0
+    tracker.named = {k: np.asarray(v, dtype=np.int8) for k, v in ((state or {}).get("named") or {}).items()}
     if config.targets:
         return _execute_targets(config, problem, constraints, run, tracker, progress)
     try:
@@ -278,6 +289,17 @@ def _execute(
                 f"validation images: chose the search's #{chosen['rank']} (search {chosen['search']:.2%}, fresh "
                 f"{chosen['fresh']:.2%}, both {chosen['pooled']:.2%}); finalists.csv"
             )
+    if config.reconstruct:
+        shortlist = choose(problem, constraints, candidates(keep, tracker.leaders, tracker.named), config.seed)
+        if shortlist is not None:
+            shortlist.save(run.path / "shortlist.csv")
+            keep, confirmed = shortlist.keep, {**confirmed, **shortlist.metrics()}
+            if progress:
+                stderr_log(
+                    f"re-fitted {len(shortlist.rows)} shortlisted plans: chose {shortlist.chosen['name']} "
+                    f"({shortlist.chosen['val_acc_refit']:.2%} validation accuracy after the re-fit; the search's "
+                    f"best {shortlist.rows[0]['val_acc_refit']:.2%}); shortlist.csv"
+                )
     return finish(
         problem,
         constraints,
@@ -416,6 +438,7 @@ def _search_rl(
         scorer = _scorer_with_keep(problem, constraints, tracker)
         affordable = list(starts)[: max(1, tracker.total - tracker.count)]
         scores = {name: scorer(starts[name]) for name in affordable}
+        tracker.named = {name: starts[name] for name in affordable}
         best = max(scores, key=scores.get)
         start = warm_start(problem.graph, starts[best], importance, sensitivity)
     drops = None if sensitivity is None else sensitivity.at_half()

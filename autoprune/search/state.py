@@ -45,12 +45,18 @@ def check_state(state: Any, evaluations: int, needs_env: bool, vectorised: bool 
     if state["best_keep"] is not None:
         _number(state["best_score"], "best_score")
         _bits(state["best_keep"], "best_keep")
-    finalists = state.get("finalists", [])
-    if not isinstance(finalists, list) or not all(_is_finalist(f) for f in finalists):
-        _fail("finalists must be a list of objects with score and keep")
-    for finalist in finalists:
-        _number(finalist["score"], "a finalist's score")
-        _bits(finalist["keep"], "a finalist's keep")
+    for key in ("finalists", "leaders"):
+        entries = state.get(key, [])
+        if not isinstance(entries, list) or not all(_is_finalist(f) for f in entries):
+            _fail(f"{key} must be a list of objects with score and keep")
+        for entry in entries:
+            _number(entry["score"], f"{key} score")
+            _bits(entry["keep"], f"{key} keep")
+    named = state.get("named", {})
+    if not isinstance(named, dict):
+        _fail("named must be an object of masks")
+    for name, keep in named.items():
+        _bits(keep, f"named plan {name!r:.40}")
     if needs_env and count < evaluations:
         envs = state.get("env")
         envs = [envs] if isinstance(envs, dict) else envs if vectorised else None
@@ -65,14 +71,16 @@ def check_masks(state: dict[str, Any], graph: ChannelGraph, constraints: Constra
     """Raise AutopruneError unless the state's masks fit `graph` and its best mask meets `constraints`."""
     envs = state.get("env") or []
     masks = [state["best_keep"], *(e["best_keep"] for e in ([envs] if isinstance(envs, dict) else envs))]
-    masks += [f["keep"] for f in state.get("finalists", [])]
+    saved = [f["keep"] for key in ("finalists", "leaders") for f in state.get(key, [])]
+    saved += list(state.get("named", {}).values())
+    masks += saved
     for keep in masks:
         if keep is not None and len(keep) != graph.num_decisions:
             _fail(f"holds a mask of {len(keep)} decisions; this model has {graph.num_decisions}")
     if state["best_keep"] is not None and not constraints.feasible(graph, np.asarray(state["best_keep"])):
         _fail("best_keep exceeds the run's budget")
-    if any(not constraints.feasible(graph, np.asarray(f["keep"])) for f in state.get("finalists", [])):
-        _fail("a finalist exceeds the run's budget")
+    if any(not constraints.feasible(graph, np.asarray(keep)) for keep in saved):
+        _fail("a finalist, leader or named plan exceeds the run's budget")
 
 
 def _check_env(env: dict[str, Any]) -> None:
