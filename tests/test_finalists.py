@@ -85,6 +85,7 @@ def test_confirm_chooses_the_best_accuracy_over_both_image_sets(problem) -> None
 def confirmed_run(tmp_path_factory, cache_dir) -> Path:
     run = tmp_path_factory.mktemp("finalists") / "run"
     args = ["--evaluations", "50", "--rollout", "8", "--eval-samples", str(SAMPLES), "--finalists", "8"]
+    args += ["--no-reconstruct"]  # no shortlist (tests/test_shortlist.py): the plan is the confirmed finalist
     result = run_cli("search", "--target-flops", "0.5", *args, "--quiet", "--out", str(run))
     assert result.returncode == 0, result.stderr
     return run
