@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,14 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     return subprocess.run(
         [str(exe), *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=timeout, check=False
     )
+
+
+def resume_finished_copy(finished: Path, run: Path, outputs: tuple[str, ...]) -> Path:
+    """A copy of a finished search at `run` with its final `outputs` deleted, resumed by the CLI (which must
+    succeed): the run's finalisation redone from its checkpoint."""
+    shutil.copytree(finished, run)
+    for name in outputs:
+        (run / name).unlink()
+    result = run_cli("search", "--resume", str(run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    return run

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import resume_finished_copy, run_cli
 
 from autoprune.constraints import Constraints, fill, project, smallest_mask
 from autoprune.plan import Plan
@@ -113,12 +112,8 @@ def test_search_confirms_its_finalists_within_the_budget(confirmed_run: Path, pr
 
 
 def test_resume_after_the_search_confirms_the_same_finalists(confirmed_run: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    shutil.copytree(confirmed_run, run)
-    for name in ("plan.json", "pruned.pt", "summary.md", "finalists.csv"):
-        (run / name).unlink()
-    result = run_cli("search", "--resume", str(run), "--quiet")
-    assert result.returncode == 0, result.stderr
+    outputs = ("plan.json", "pruned.pt", "summary.md", "finalists.csv")
+    run = resume_finished_copy(confirmed_run, tmp_path / "run", outputs)
     assert read_csv(run / "finalists.csv") == read_csv(confirmed_run / "finalists.csv")
     assert Plan.load(run / "plan.json").mask == Plan.load(confirmed_run / "plan.json").mask
     assert len(read_csv(run / "metrics.csv")) == 48  # nothing searched again

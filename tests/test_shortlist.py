@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import copy
 import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import resume_finished_copy, run_cli
 
 from autoprune.agents.baselines import drop_lowest, group_importance
 from autoprune.constraints import Constraints, fill
@@ -97,12 +96,7 @@ def test_search_plan_is_the_shortlist_choice(searched: Path) -> None:
 
 
 def test_resume_after_the_search_shortlists_the_same_masks(searched: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    shutil.copytree(searched, run)
-    for name in ("plan.json", "pruned.pt", "summary.md", "shortlist.csv"):
-        (run / name).unlink()
-    result = run_cli("search", "--resume", str(run), "--quiet")
-    assert result.returncode == 0, result.stderr
+    run = resume_finished_copy(searched, tmp_path / "run", ("plan.json", "pruned.pt", "summary.md", "shortlist.csv"))
     assert read_csv(run / "shortlist.csv") == read_csv(searched / "shortlist.csv")
     assert Plan.load(run / "plan.json").mask == Plan.load(searched / "plan.json").mask
 
