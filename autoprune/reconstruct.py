@@ -13,11 +13,12 @@ layer's output restricted to the channels it keeps.
 The fit is ridge-regularised towards the layer's own (sliced) weights W₀,
 ``W = (XᵀX + λ·mean(diag XᵀX)·I)⁻¹ (XᵀY + λ·mean(diag XᵀX)·W₀)``, with the normal equations accumulated in
 float64 over calibration batches; a convolution contributes a random subset of its output positions per image.
-A layer whose inputs did not change keeps its weights (its fit is already exact).
+`refitted` cuts a plan from the unpruned network and re-fits it in one call.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 import zlib
 from collections.abc import Iterable, Sequence
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from autoprune.pruning import apply_kept_channels
 
 
 @dataclass
@@ -260,6 +263,18 @@ def _patches(source: torch.Tensor, conv: nn.Conv2d, pick: torch.Tensor | None) -
     image = torch.arange(n, device=pick.device)[:, None, None, None]
     taken = padded.permute(0, 2, 3, 1)[image, rows, cols]  # (n, positions, kh, kw, c)
     return taken.permute(0, 1, 4, 2, 3).reshape(n, pick.shape[1], c * kh * kw)
+
+
+def refitted(
+    original: nn.Module,
+    kept: dict[str, dict[str, list[int]]],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = (),
+    targets: Targets | None = None,
+) -> tuple[nn.Module, Reconstruction]:
+    """A copy of `original` cut to the plan's `kept` channels, re-fitted by `reconstruct` on `batches` (or on
+    precomputed `targets`); `original` is not modified."""
+    net = apply_kept_channels(copy.deepcopy(original).eval(), kept)
+    return net, reconstruct(original, net, kept, batches, targets=targets)
 
 
 class _Normal:

@@ -8,7 +8,6 @@ place. Another recovery step slots in as one more `Stage` in the list `recovery_
 
 from __future__ import annotations
 
-import copy
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,8 +19,7 @@ from torch import nn
 
 from autoprune.data import DataBundle
 from autoprune.masking import recalibrate_bn
-from autoprune.pruning import apply_kept_channels
-from autoprune.reconstruct import reconstruct
+from autoprune.reconstruct import refitted
 from autoprune.training import evaluate, train
 
 Log = Callable[[str], None]
@@ -113,9 +111,8 @@ def reconstruction(original: nn.Module, kept: dict[str, dict[str, list[int]]], s
     def run(model: nn.Module, bundle: DataBundle, device: torch.device) -> dict[str, Any]:
         val = bundle.batches("val", 500, device=device)
         given = evaluate(model, val, device)
-        net = apply_kept_channels(copy.deepcopy(original).to(device).eval(), kept)
         calibration = calibration_batches(bundle, calibration_images(bundle.input_shape), seed, device)
-        report = reconstruct(original.to(device), net, kept, calibration)
+        net, report = refitted(original.to(device), kept, calibration)
         accuracy = evaluate(net, val, device)
         done = {"reconstruction_seconds": round(report.seconds, 2), "reconstruction_layers": len(report.layers)}
         if accuracy < given:

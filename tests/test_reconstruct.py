@@ -16,7 +16,7 @@ from autoprune.masking import ChannelMasker
 from autoprune.models import build_model
 from autoprune.plan import Plan
 from autoprune.pruning import apply_kept_channels
-from autoprune.reconstruct import Targets, layers_to_refit, reconstruct
+from autoprune.reconstruct import Targets, layers_to_refit, reconstruct, refitted
 
 
 class Redundant(nn.Module):
@@ -120,10 +120,12 @@ def test_reconstruction_brings_a_pruned_network_closer_to_the_original(resnet20)
     held_out = torch.randn(64, 3, 32, 32, generator=gen)
     with torch.no_grad():
         before = (pruned(held_out) - model(held_out)).pow(2).mean()
-    report = reconstruct(model, pruned, kept, [(torch.randn(64, 3, 32, 32, generator=gen), None) for _ in range(2)])
+    unpruned = copy.deepcopy(model.state_dict())
+    fitted, report = refitted(model, kept, [(torch.randn(64, 3, 32, 32, generator=gen), None) for _ in range(2)])
     with torch.no_grad():
-        after = (pruned(held_out) - model(held_out)).pow(2).mean()
+        after = (fitted(held_out) - model(held_out)).pow(2).mean()
     assert after < 0.5 * before
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in unpruned.items())  # `refitted` fits a copy
     assert report.images == 2 * 128 and report.seconds > 0
 
 

@@ -13,7 +13,6 @@ accurate becomes the plan, the search's best on ties.
 
 from __future__ import annotations
 
-import copy
 import csv
 import time
 from dataclasses import dataclass
@@ -26,8 +25,7 @@ import torch
 from autoprune.constraints import Constraints, fill
 from autoprune.plan import Plan
 from autoprune.problem import Problem
-from autoprune.pruning import apply_kept_channels
-from autoprune.reconstruct import Targets, reconstruct
+from autoprune.reconstruct import Targets, refitted
 from autoprune.recovery import calibration_batches, calibration_images
 from autoprune.search.finalists import Finalists
 from autoprune.training import evaluate
@@ -101,8 +99,7 @@ def choose(
     rows = []
     for name, keep in distinct:
         plan = Plan.from_mask(model, graph, keep, constraints)
-        net = apply_kept_channels(copy.deepcopy(model).eval(), plan.modules)
-        reconstruct(model, net, plan.modules, targets=targets)
+        net, _ = refitted(model, plan.modules, targets=targets)
         accuracy = evaluate(net, val, device)
         rows.append({"name": name, "flops_ratio": plan.achieved["flops_ratio"], "val_acc_refit": accuracy,
                      "chosen": False})  # fmt: skip

@@ -7,7 +7,6 @@ leaders from checkpoint/state.json), to see what the shortlist's choice gained o
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from pathlib import Path
 
@@ -17,8 +16,7 @@ import torch
 from autoprune.constraints import Constraints, fill
 from autoprune.plan import Plan
 from autoprune.problem import load_problem
-from autoprune.pruning import apply_kept_channels
-from autoprune.reconstruct import reconstruct
+from autoprune.reconstruct import refitted
 from autoprune.recovery import calibration_batches
 from autoprune.search.config import SearchConfig
 from autoprune.training import evaluate
@@ -46,8 +44,7 @@ def main() -> None:
             continue
         keep = fill(graph, np.asarray(keep, dtype=np.int8), constraints)
         p = Plan.from_mask(model, graph, keep, constraints)
-        net = apply_kept_channels(copy.deepcopy(model), p.modules)
-        reconstruct(model, net, p.modules, calibration)
+        net, _ = refitted(model, p.modules, calibration)
         accuracy = evaluate(net, test)
         print(f"{args.run.name} | {name} | {p.achieved['flops_ratio']:.4f} | test +refit {accuracy:.2%}", flush=True)
 
