@@ -356,7 +356,8 @@ def search_options(func):
             "--reconstruct/--no-reconstruct",
             default=d.reconstruct,
             show_default=True,
-            help="re-fit the final plan's conv and linear layers by least squares (after BN recalibration)",
+            help="re-fit the final plan's conv and linear layers by least squares (after BN recalibration), and choose "
+            "the plan among the search's best and its start plans by validation accuracy after a quick re-fit",
         ),
         click.option(
             "--finetune-epochs",
