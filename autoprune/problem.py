@@ -50,8 +50,9 @@ class ProblemConfig:
     scores track post-fine-tune accuracy far better than raw masked accuracy (EagleEye, Li et al. 2020)."""
     score_with_reconstruction: bool = False
     """Re-fit each candidate's conv and linear layers by least squares (`autoprune.reconstruct`) on the
-    recalibration images before scoring it: candidates are ranked by what they deliver after reconstruction, at
-    about twice the cost per candidate. Needs `recalibrate_batches` > 0."""
+    recalibration images instead of recalibrating its BN statistics, and score it so: candidates are ranked by
+    what a search delivers without training (`autoprune.recovery.reconstruction`, which keeps the unpruned BN
+    statistics), at about twice the cost per candidate. Needs `recalibrate_batches` > 0."""
     candidate_batch: int = 1
     """Candidates scored together in one pass of the masked network, each with its own mask and BN statistics
     (`autoprune.batched_scoring`): the agent's rollouts and the random baselines hand over this many at a time.

@@ -6,7 +6,7 @@ candidate at 50% FLOPs costs about half a masked pass. It then spends images whe
 
 1. The first stage costs nothing extra: the BN-recalibration pass already forwards labelled training images
    (in train mode, each batch normalised by its own statistics), so their predictions are recorded. Without
-   recalibration, the first `race_samples` validation images are the first stage.
+   recalibration (or with `reconstruction`), the first `race_samples` validation images are the first stage.
 2. The candidate is compared *paired* with the incumbent (the best candidate scored on every image so far) on
    those same images: ``d = mean(correct_cand - correct_best)`` with standard error ``se`` over the images.
    Networks that differ in a few channels err on mostly the same images, so ``se`` is small and the test sharp.
@@ -86,8 +86,10 @@ class SlicedScorer:
             first racing stage. None: no recalibration, and the first `race_samples` validation images race.
         race_samples: without recalibration, the validation images of the first stage.
         z: paired standard errors below the incumbent at which a candidate stops early (inf: no racing).
-        reconstruction: before recalibration, re-fit the conv and linear layers by least squares
-            (`autoprune.reconstruct`) on the recalibration images; the unpruned outputs are computed once.
+        reconstruction: instead of recalibrating BN, re-fit the conv and linear layers by least squares
+            (`autoprune.reconstruct`) on the recalibration images and keep the unpruned BN statistics, as the
+            model a search delivers does (`autoprune.recovery.reconstruction`); the unpruned outputs are computed
+            once, and the first `race_samples` validation images race.
 
     Attributes:
         images_forwarded: images forwarded over all calls (recalibration and validation).
@@ -125,6 +127,11 @@ class SlicedScorer:
     def num_samples(self) -> int:
         return len(self.y)
 
+    @property
+    def recalibrates(self) -> bool:
+        """Whether candidates are BN-recalibrated (then the recalibration pass is the first racing stage)."""
+        return bool(self.recalibration) and not self.reconstruction
+
     def checkpoints(self) -> set[int]:
         """Images into the recalibration pass after which racing tests a candidate early (halfway)."""
         sizes = [len(y) for _, y in self.recalibration]
@@ -132,9 +139,9 @@ class SlicedScorer:
         return {sum(sizes[:half])} if len(sizes) > 1 else set()
 
     def prepare(self, keep: np.ndarray, race: bool = False) -> tuple[nn.Module, Predictions]:
-        """The pruned, BN-recalibrated copy a candidate is scored with, and its first-stage predictions; with
-        `race`, the recalibration stops halfway when the candidate is already clearly worse than the incumbent
-        (then fewer first-stage predictions come back)."""
+        """The pruned, BN-recalibrated (or re-fitted) copy a candidate is scored with, and its first-stage
+        predictions; with `race`, the recalibration stops halfway when the candidate is already clearly worse than
+        the incumbent (then fewer first-stage predictions come back)."""
         kept = self.graph.kept_channels(self.graph.check_mask(keep))
         net = apply_kept_channels(copy.deepcopy(self.model), kept)
         if self.reconstruction and self.recalibration:
@@ -142,7 +149,7 @@ class SlicedScorer:
                 self._targets = Targets(self.model, torch.cat([x for x, _ in self.recalibration]))
                 self.images_forwarded += len(self._targets.x)
             self.images_forwarded += reconstruct(self.model, net, kept, targets=self._targets).images
-        if self.recalibration:
+        if self.recalibrates:
             checkpoints, best = self.checkpoints(), self._best
 
             def stop(seen: Predictions) -> bool:
@@ -171,7 +178,7 @@ class SlicedScorer:
 
     def accuracy(self, net: nn.Module, head: Predictions) -> float:
         """Validation accuracy of a prepared network (reusing the first stage when it was validation images)."""
-        if self.recalibration:
+        if self.recalibrates:
             parts = [self.predict(net, 0, self.num_samples).correct]
         else:
             parts = [head.correct, self.predict(net, self.race_samples, self.num_samples).correct]
