@@ -36,7 +36,7 @@ from torch import nn
 from autoprune.graph.channel_graph import ChannelGraph
 from autoprune.masking import Predictions, recalibrate_bn
 from autoprune.pruning import apply_kept_channels
-from autoprune.reconstruct import Targets, reconstruct
+from autoprune.reconstruct import Targets, refitted
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
@@ -143,12 +143,14 @@ class SlicedScorer:
         predictions; with `race`, the recalibration stops halfway when the candidate is already clearly worse than
         the incumbent (then fewer first-stage predictions come back)."""
         kept = self.graph.kept_channels(self.graph.check_mask(keep))
-        net = apply_kept_channels(copy.deepcopy(self.model), kept)
         if self.reconstruction and self.recalibration:
             if self._targets is None:
                 self._targets = Targets(self.model, torch.cat([x for x, _ in self.recalibration]))
                 self.images_forwarded += len(self._targets.x)
-            self.images_forwarded += reconstruct(self.model, net, kept, targets=self._targets).images
+            net, report = refitted(self.model, kept, targets=self._targets)
+            self.images_forwarded += report.images
+        else:
+            net = apply_kept_channels(copy.deepcopy(self.model), kept)
         if self.recalibrates:
             checkpoints, best = self.checkpoints(), self._best
 
