@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from autoprune.graph.channel_graph import ChannelGraph
+from autoprune.inference import fast_layout, for_inference
 from autoprune.masking import Predictions, recalibrate_bn
 from autoprune.pruning import apply_kept_channels
 from autoprune.reconstruct import Targets, refitted
@@ -151,6 +152,7 @@ class SlicedScorer:
             self.images_forwarded += report.images
         else:
             net = apply_kept_channels(copy.deepcopy(self.model), kept)
+        net = fast_layout(net)
         if self.recalibrates:
             checkpoints, best = self.checkpoints(), self._best
 
@@ -179,7 +181,9 @@ class SlicedScorer:
         return Predictions.cat(parts)
 
     def accuracy(self, net: nn.Module, head: Predictions) -> float:
-        """Validation accuracy of a prepared network (reusing the first stage when it was validation images)."""
+        """Validation accuracy of a prepared network (reusing the first stage when it was validation images);
+        the network is rewritten for inference (`autoprune.inference`) on the way."""
+        net = for_inference(net, inplace=True)
         if self.recalibrates:
             parts = [self.predict(net, 0, self.num_samples).correct]
         else:

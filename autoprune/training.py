@@ -19,6 +19,7 @@ from autoprune.data._messages import one_line
 from autoprune.data.cache import cache_dir as resolve_cache_dir
 from autoprune.data.cache import write_atomic
 from autoprune.errors import AutopruneError
+from autoprune.inference import for_inference
 from autoprune.models import build_model
 
 DEFAULT_MODEL = "digits_cnn"
@@ -33,21 +34,18 @@ _WARMUP = 0.15  # share of the steps over which the learning rate climbs to its 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: str | torch.device = "cpu") -> float:
-    """Top-1 accuracy of `model` over batches `(x, y)`, in eval mode; the model's mode is restored after.
+    """Top-1 accuracy of `model` in eval mode over batches `(x, y)`, run on a copy rewritten for inference
+    (`autoprune.inference`); `model` keeps its mode and weights.
 
     The model is moved to `device` (in place, as `nn.Module.to` does).
     """
-    was_training = model.training
-    model.to(device).eval()
+    net = for_inference(model.to(device))
     correct = torch.zeros((), dtype=torch.int64, device=device)
     total = 0
-    try:
-        for x, y in batches:
-            logits = model(x.to(device, non_blocking=True))
-            correct += (logits.argmax(1) == y.to(device, non_blocking=True)).sum()
-            total += len(y)
-    finally:
-        model.train(was_training)
+    for x, y in batches:
+        logits = net(x.to(device, non_blocking=True))
+        correct += (logits.argmax(1) == y.to(device, non_blocking=True)).sum()
+        total += len(y)
     if total == 0:
         raise AutopruneError("evaluate got no samples; give a split with samples (is val_size 0?)")
     return correct.item() / total
