@@ -93,7 +93,7 @@ def confirmed_run(tmp_path_factory, cache_dir) -> Path:
 def chosen_keep(run: Path) -> np.ndarray:
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     (chosen,) = [int(r["rank"]) for r in read_csv(run / "finalists.csv") if r["chosen"] == "1"]
-    return np.asarray(state["finalists"][chosen - 1]["keep"], dtype=np.int8)
+    return np.asarray(state["leaders"][chosen - 1]["keep"], dtype=np.int8)
 
 
 def test_search_confirms_its_finalists_within_the_budget(confirmed_run: Path, problem) -> None:

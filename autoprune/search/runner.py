@@ -35,7 +35,6 @@ class Tracker:
         done: int = 0,
         best: tuple[float, list] | None = None,
         progress: bool = True,
-        finalists: Finalists | None = None,
         leaders: Finalists | None = None,
     ) -> None:
         self.run = run
@@ -47,10 +46,9 @@ class Tracker:
         self.elapsed_before = 0.0
         self.images = 0
         """Images forwarded by the scorer (BN recalibration and validation) over all evaluations."""
-        self.finalists = finalists or Finalists(0)
-        """The best masks scored on every validation image, for `autoprune.search.finalists`."""
         self.leaders = leaders or Finalists(TOP)
-        """The best masks scored on every validation image, for the shortlist (`autoprune.search.shortlist`)."""
+        """The best masks scored on every validation image, for the shortlist (`autoprune.search.shortlist`) and
+        the finalists (`autoprune.search.finalists`), who take the first of them."""
         self.named: dict[str, np.ndarray] = {}
         """Cheap plans the search scored, by name (the agent's start masks), for the shortlist."""
         self.bar = tqdm(total=total, initial=done, desc="search", unit="eval", disable=not progress, leave=True)
@@ -70,7 +68,6 @@ class Tracker:
         if not probe and score > self.best_score:
             self.best_score, self.best_keep = score, np.asarray(record["keep"], dtype=np.int8).copy()
         if not probe and record.get("full", True):
-            self.finalists.offer(score, np.asarray(record["keep"], dtype=np.int8))
             self.leaders.offer(score, np.asarray(record["keep"], dtype=np.int8))
         row = {
             **record,
@@ -96,7 +93,6 @@ class Tracker:
             "best_keep": self.best_keep.tolist() if self.best_keep is not None else None,
             "seconds": self.seconds,
             "images": self.images,
-            "finalists": self.finalists.state(),
             "leaders": self.leaders.state(),
             "named": {name: keep.tolist() for name, keep in self.named.items()},
         }
@@ -255,9 +251,12 @@ def _execute(
     best = (state["best_score"], state["best_keep"]) if state and state.get("best_keep") else None
     run.open_metrics(rows)
     budget = config.evaluations if config.targets else search_budget(config, problem)
-    finalists = Finalists.from_state(config.evaluations - budget, (state or {}).get("finalists") or [])
-    leaders = Finalists.from_state(TOP, (state or {}).get("leaders") or [])
-    tracker = Tracker(run, budget, done=done, best=best, progress=progress, finalists=finalists, leaders=leaders)
+    reserve = config.evaluations - budget
+    saved = [*((state or {}).get("leaders") or []), *((state or {}).get("finalists") or [])]  # older runs: both
+    leaders = Finalists(max(TOP, reserve))
+    for entry in saved:
+        leaders.offer(float(entry["score"]), np.asarray(entry["keep"], dtype=np.int8))
+    tracker = Tracker(run, budget, done=done, best=best, progress=progress, leaders=leaders)
     tracker.elapsed_before = float(state["seconds"]) if state else 0.0
     tracker.images = int(state.get("images", 0)) if state else 0
     tracker.named = {k: np.asarray(v, dtype=np.int8) for k, v in ((state or {}).get("named") or {}).items()}
@@ -276,8 +275,9 @@ def _execute(
     if tracker.best_keep is None:
         raise AutopruneError("the search made no evaluation")
     keep, score, confirmed = tracker.best_keep, tracker.best_score, {}
-    if len(tracker.finalists.entries) >= 2:
-        confirmation = confirm(tracker.finalists, problem.fresh_scorer, problem.evaluator.num_samples)
+    finalists = Finalists(reserve, tracker.leaders.entries)
+    if len(finalists.entries) >= 2:
+        confirmation = confirm(finalists, problem.fresh_scorer, problem.evaluator.num_samples)
         confirmation.save(run.path / "finalists.csv")
         keep, confirmed = confirmation.keep, confirmation.metrics()
         tracker.images += confirmation.images
