@@ -9,8 +9,8 @@ candidate. So candidate k's predictions are those of its own BN-recalibrated pru
 scores K of them: on an accelerator, where one small network leaves the device mostly idle, that multiplies
 candidates per second; on a CPU it costs about what K masked passes cost.
 
-`BatchedScorer` is a `SlicedScorer` (single candidates still go through the cheaper sliced network) that adds
-`score_many` and `prefetch`: the same recalibration, racing and accounting, decided for a whole batch at once.
+`BatchedScorer` is a `PrefetchingScorer` (single candidates still go through the cheaper sliced network) whose
+batches run so: the same recalibration, racing and accounting, decided for a whole batch at once.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import nn
 from autoprune.errors import AutopruneError
 from autoprune.graph.channel_graph import ChannelGraph
 from autoprune.masking import Predictions, channel_owners
-from autoprune.scoring import Batches, ScoreRecord, SlicedScorer
+from autoprune.scoring import Batches, PrefetchingScorer, ScoreRecord
 
 
 class CandidateBatchNorm(nn.Module):
@@ -169,13 +169,9 @@ class CandidateNetwork:
         return Predictions(out.correct.view(n, len(x)), out.confidence.view(n, len(x)))
 
 
-class BatchedScorer(SlicedScorer):
-    """`SlicedScorer` plus `score_many`: up to `candidates` masks scored per pass of `CandidateNetwork`.
-
-    Racing in a batch compares every candidate with the incumbent at the start of the batch; the candidates
-    that go on are scored on the validation images together, then become the incumbent in turn where they beat
-    it. `prefetch` scores a batch ahead so that later `score` calls on the same masks cost nothing (how the
-    rollouts of a vectorised environment use it).
+class BatchedScorer(PrefetchingScorer):
+    """A `PrefetchingScorer` whose batches run through `CandidateNetwork`: up to `candidates` masks per pass
+    (single candidates still go through the cheaper sliced network).
 
     Args:
         model, graph, batches, recalibration, race_samples, z: as `SlicedScorer`.
@@ -195,51 +191,13 @@ class BatchedScorer(SlicedScorer):
         candidates: int = 16,
         max_images: int = 8192,
     ) -> None:
-        super().__init__(model, graph, batches, recalibration, race_samples=race_samples, z=z)
-        if candidates < 1:
-            raise AutopruneError(f"candidates per pass must be at least 1, got {candidates}")
+        super().__init__(model, graph, batches, recalibration, race_samples=race_samples, z=z, candidates=candidates)
         self.network = CandidateNetwork(model, graph, candidates)
-        self.candidates = candidates
         self.max_images = max_images
-        self._prefetched: dict[bytes, ScoreRecord] = {}
-        self._probes: dict[bytes, ScoreRecord] = {}
-        self.passes: list[int] = []
-        """Candidates of each batch scored so far."""
 
-    def score(self, keep: np.ndarray) -> ScoreRecord:
-        """The prefetched record of `keep` where there is one (counted when it was scored), else `SlicedScorer`'s."""
-        return self._take(self._prefetched, keep) or super().score(keep)
-
-    def prefetch(self, keeps: Sequence[np.ndarray]) -> None:
-        """Score `keeps` now, in batches; each later `score` of one of them returns its record."""
-        keeps = [self.graph.check_mask(k) for k in keeps]
-        for keep, record in zip(keeps, self.score_many(keeps), strict=True):
-            self._prefetched[keep.tobytes()] = record
-
-    def probe(self, keep: np.ndarray) -> ScoreRecord:
-        """The prefetched probe of `keep` where there is one, else `SlicedScorer.probe`."""
-        return self._take(self._probes, keep) or super().probe(keep)
-
-    def _take(self, store: dict[bytes, ScoreRecord], keep: np.ndarray) -> ScoreRecord | None:
-        """Remove and return the record `store` holds for `keep` (also as `last`), or None."""
-        record = store.pop(self.graph.check_mask(keep).tobytes(), None)
-        if record is not None:
-            self.last = record
-        return record
-
-    def prefetch_probes(self, keeps: Sequence[np.ndarray]) -> None:
-        """Probe `keeps` now, in batches (first stage only, paired with the whole network, as `probe`)."""
-        base_score, base_head = self.base()
-        keeps = [self.graph.check_mask(k) for k in keeps]
-        for start in range(0, len(keeps), self._step()):
-            batch = keeps[start : start + self._step()]
-            self.passes.append(len(batch))
-            self.network.load(np.stack(batch))
-            for keep, head in zip(batch, self._first_stage(race=False), strict=True):
-                value = base_score + float((head.correct.double() - base_head.correct.double()).mean())
-                self.evaluations += 1
-                self.images_forwarded += len(head)
-                self._probes[keep.tobytes()] = ScoreRecord(score=value, images=len(head), full=False)
+    def _probe_batch(self, keeps: list[np.ndarray]) -> list[ScoreRecord]:
+        self.network.load(np.stack(keeps))
+        return [self._probe_record(head, len(head)) for head in self._first_stage(race=False)]
 
     def _first_stage(self, race: bool) -> list[Predictions]:
         """Each loaded candidate's first-stage predictions: those of the recalibration pass (with `race`, a
@@ -263,15 +221,6 @@ class BatchedScorer(SlicedScorer):
                     break
         return [Predictions.cat(part) for part in parts]
 
-    def score_many(self, keeps: Sequence[np.ndarray]) -> list[ScoreRecord]:
-        """Score `keeps` in batches of `candidates` (racing as the class docstring says)."""
-        records: list[ScoreRecord] = []
-        for start in range(0, len(keeps), self._step()):
-            records += self._score_batch([self.graph.check_mask(k) for k in keeps[start : start + self._step()]])
-        if records:
-            self.last = records[-1]
-        return records
-
     def _step(self) -> int:
         """Candidates per pass: `candidates`, fewer where one recalibration batch each would exceed `max_images`."""
         recal_batch = max((len(x) for x, _ in self.recalibration), default=1)
@@ -290,14 +239,12 @@ class BatchedScorer(SlicedScorer):
         return Predictions(torch.cat([p.correct for p in parts], 1), torch.cat([p.confidence for p in parts], 1))
 
     def _score_batch(self, keeps: list[np.ndarray]) -> list[ScoreRecord]:
-        n = len(keeps)
-        self.passes.append(n)
         self.network.load(np.stack(keeps))
         heads = self._first_stage(race=True)
         first = 0 if self.recalibration else self.race_samples
         cost = [len(head) for head in heads]
         incumbent = self._best
-        going = [i for i in range(n) if incumbent is None or not self.worse(heads[i], incumbent[1])[0]]
+        going = [i for i in range(len(keeps)) if incumbent is None or not self.worse(heads[i], incumbent[1])[0]]
         full: dict[int, float] = {}
         if going:
             self.network.select(going)
@@ -306,19 +253,7 @@ class BatchedScorer(SlicedScorer):
                 correct = rest[row] if self.recalibration else torch.cat([heads[i].correct, rest[row]])
                 full[i] = float(correct.double().mean()) if self.num_samples else 0.0
                 cost[i] += rest.shape[1]
-        records = []
-        for i in range(n):
-            if i in full:
-                value = full[i]
-                self.full_evaluations += 1
-                if self._best is None or value > self._best[0]:
-                    self._best = (value, heads[i])
-            else:
-                value = incumbent[0] + self.worse(heads[i], incumbent[1])[1]
-            self.evaluations += 1
-            self.images_forwarded += cost[i]
-            records.append(ScoreRecord(score=value, images=cost[i], full=i in full))
-        return records
+        return self._commit(heads, full, cost)
 
 
 __all__ = ["BatchedScorer", "CandidateBatchNorm", "CandidateNetwork"]

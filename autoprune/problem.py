@@ -19,7 +19,8 @@ from autoprune.errors import AutopruneError
 from autoprune.fields import check_types
 from autoprune.graph import ChannelGraph, build_channel_graph
 from autoprune.models import build_model, load_weights, model_spec
-from autoprune.scoring import SlicedScorer
+from autoprune.scoring import Batches, SlicedScorer
+from autoprune.threaded_scoring import ThreadedScorer
 
 
 @dataclass
@@ -53,10 +54,12 @@ class ProblemConfig:
     recalibration images instead of recalibrating its BN statistics, and score it so: candidates are ranked by
     what a search delivers without training (`autoprune.recovery.reconstruction`, which keeps the unpruned BN
     statistics), at about twice the cost per candidate. Needs `recalibrate_batches` > 0."""
-    candidate_batch: int = 1
-    """Candidates scored together in one pass of the masked network, each with its own mask and BN statistics
-    (`autoprune.batched_scoring`): the agent's rollouts and the random baselines hand over this many at a time.
-    Pays on a GPU; on a CPU one candidate at a time on the smaller sliced network is faster."""
+    candidate_batch: int = 0
+    """Candidates scored together; the agent's rollouts, the random baselines and the sensitivity probes hand
+    over this many at a time, and each candidate of a batch races against the incumbent at its start. On a CPU
+    they run side by side on worker threads that share torch's threads (`autoprune.threaded_scoring`); on a GPU
+    in one pass of the masked network, each with its own mask and BN statistics (`autoprune.batched_scoring`).
+    0: as many as torch has threads on a CPU (one thread each), one at a time on a GPU."""
     val_size: float = 0.1
     """Validation split carved from the training data (fraction or count)."""
     split_seed: int = 0
@@ -81,12 +84,10 @@ class ProblemConfig:
             ("split_seed", self.split_seed, 0),
             ("--min-channels", self.min_channels, 1),
             ("--round-to", self.round_to, 1),
-            ("--candidate-batch", self.candidate_batch, 1),
+            ("--candidate-batch", self.candidate_batch, 0),
         ):
             if value < least:
                 raise AutopruneError(f"{option} must be at least {least}, got {value}")
-        if self.score_with_reconstruction and self.candidate_batch > 1:
-            raise AutopruneError("--score-with-reconstruction re-fits one candidate at a time: use --candidate-batch 1")
         if self.score_with_reconstruction and not self.recalibrate_batches:
             raise AutopruneError("--score-with-reconstruction needs training images: --recalibrate-batches > 0")
         if not 0 < self.val_size < math.inf or (self.val_size >= 1 and self.val_size != int(self.val_size)):
@@ -202,11 +203,34 @@ def build_problem(config: ProblemConfig, model: nn.Module, bundle: DataBundle, d
         loader = bundle.loader("train", 64, shuffle=True, seed=config.split_seed, device=device)
         recal = [b for _, b in zip(range(config.recalibrate_batches), loader, strict=False)]
     z = 2.0 if config.racing else math.inf
-    if config.candidate_batch > 1:
-        evaluator: SlicedScorer = BatchedScorer(model, graph, batches, recal, z=z, candidates=config.candidate_batch)
-    else:
-        evaluator = SlicedScorer(model, graph, batches, recal, z=z, reconstruction=config.score_with_reconstruction)
+    evaluator = scorer_for(config, device, model, graph, batches, recal, z)
     return Problem(config=config, model=model, bundle=bundle, graph=graph, evaluator=evaluator, device=device)
+
+
+def scorer_for(
+    config: ProblemConfig,
+    device: torch.device,
+    model: nn.Module,
+    graph: ChannelGraph,
+    batches: Batches,
+    recalibration: Batches | None,
+    z: float,
+) -> SlicedScorer:
+    """The candidate scorer `config.candidate_batch` asks for on `device` (see `ProblemConfig.candidate_batch`)."""
+    on_cpu = device.type == "cpu"
+    candidates = config.candidate_batch or (torch.get_num_threads() if on_cpu else 1)
+    reconstruction = config.score_with_reconstruction
+    if candidates == 1:
+        return SlicedScorer(model, graph, batches, recalibration, z=z, reconstruction=reconstruction)
+    if on_cpu:
+        return ThreadedScorer(
+            model, graph, batches, recalibration, z=z, reconstruction=reconstruction, candidates=candidates
+        )
+    if reconstruction:
+        raise AutopruneError(
+            "--score-with-reconstruction re-fits one candidate at a time on a GPU: use --candidate-batch 1"
+        )
+    return BatchedScorer(model, graph, batches, recalibration, z=z, candidates=candidates)
 
 
 def check_fits(model: nn.Module, bundle: DataBundle, model_name: str, device: torch.device | str = "cpu") -> None:

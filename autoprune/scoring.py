@@ -28,13 +28,15 @@ import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from autoprune.errors import AutopruneError
 from autoprune.graph.channel_graph import ChannelGraph
-from autoprune.inference import fast_layout, for_inference
+from autoprune.inference import Pairs, fast_layout, foldable_pairs, for_inference
 from autoprune.masking import Predictions, recalibrate_bn
 from autoprune.pruning import apply_kept_channels
 from autoprune.reconstruct import Targets, refitted
@@ -122,7 +124,16 @@ class SlicedScorer:
         self.full_evaluations = 0
         self._best: tuple[float, Predictions] | None = None  # incumbent's score and first-stage predictions
         self._base: tuple[float, Predictions] | None = None  # the same for the whole network, for probes
+        self._pairs: Pairs | None = None
         self.last: ScoreRecord | None = None
+
+    @property
+    def fold_pairs(self) -> Pairs:
+        """The BatchNorms a validation pass folds (`autoprune.inference.foldable_pairs` of the unpruned network),
+        found on first use."""
+        if self._pairs is None:
+            self._pairs = foldable_pairs(self.model)
+        return self._pairs
 
     @property
     def num_samples(self) -> int:
@@ -183,7 +194,7 @@ class SlicedScorer:
     def accuracy(self, net: nn.Module, head: Predictions) -> float:
         """Validation accuracy of a prepared network (reusing the first stage when it was validation images);
         the network is rewritten for inference (`autoprune.inference`) on the way."""
-        net = for_inference(net, inplace=True)
+        net = for_inference(net, inplace=True, pairs=self.fold_pairs)
         if self.recalibrates:
             parts = [self.predict(net, 0, self.num_samples).correct]
         else:
@@ -248,4 +259,110 @@ class SlicedScorer:
         return self.last
 
 
-__all__ = ["ScoreRecord", "SlicedScorer", "clearly_worse"]
+class PrefetchingScorer(SlicedScorer):
+    """A `SlicedScorer` that scores masks ahead, `candidates` at a time (`prefetch`, `prefetch_probes`); a later
+    `score` or `probe` of a prefetched mask returns its record (counted when it was scored) at no cost. How a
+    vectorised environment's rollouts and the random baselines hand over their candidates together.
+
+    Racing in a batch compares every candidate with the incumbent at the start of the batch; the candidates
+    that go on are scored on the validation images, then become the incumbent in turn where they beat it.
+    Subclasses say how a batch is scored (`_score_batch`, `_probe_batch`).
+
+    Args:
+        candidates: most candidates per batch; the other arguments are `SlicedScorer`'s.
+
+    Attributes:
+        passes: candidates of each batch scored so far.
+    """
+
+    def __init__(self, *args: Any, candidates: int = 2, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if candidates < 1:
+            raise AutopruneError(f"candidates per batch must be at least 1, got {candidates}")
+        self.candidates = candidates
+        self.passes: list[int] = []
+        self._prefetched: dict[bytes, ScoreRecord] = {}
+        self._probes: dict[bytes, ScoreRecord] = {}
+
+    def score(self, keep: np.ndarray) -> ScoreRecord:
+        """The prefetched record of `keep` where there is one, else `SlicedScorer.score`."""
+        return self._take(self._prefetched, keep) or super().score(keep)
+
+    def probe(self, keep: np.ndarray) -> ScoreRecord:
+        """The prefetched probe of `keep` where there is one, else `SlicedScorer.probe`."""
+        return self._take(self._probes, keep) or super().probe(keep)
+
+    def prefetch(self, keeps: Sequence[np.ndarray]) -> None:
+        """Score `keeps` now, in batches; each later `score` of one of them returns its record."""
+        keeps = [self.graph.check_mask(k) for k in keeps]
+        for keep, record in zip(keeps, self.score_many(keeps), strict=True):
+            self._prefetched[keep.tobytes()] = record
+
+    def prefetch_probes(self, keeps: Sequence[np.ndarray]) -> None:
+        """Probe `keeps` now, in batches (first stage only, paired with the whole network, as `probe`)."""
+        self.base()
+        keeps = [self.graph.check_mask(k) for k in keeps]
+        for start in range(0, len(keeps), self._step()):
+            batch = keeps[start : start + self._step()]
+            self.passes.append(len(batch))
+            for keep, record in zip(batch, self._probe_batch(batch), strict=True):
+                self.evaluations += 1
+                self.images_forwarded += record.images
+                self._probes[keep.tobytes()] = record
+
+    def score_many(self, keeps: Sequence[np.ndarray]) -> list[ScoreRecord]:
+        """Score `keeps` in batches of `candidates` (racing as the class docstring says)."""
+        records: list[ScoreRecord] = []
+        for start in range(0, len(keeps), self._step()):
+            batch = [self.graph.check_mask(k) for k in keeps[start : start + self._step()]]
+            self.passes.append(len(batch))
+            records += self._score_batch(batch)
+        if records:
+            self.last = records[-1]
+        return records
+
+    def _take(self, store: dict[bytes, ScoreRecord], keep: np.ndarray) -> ScoreRecord | None:
+        """Remove and return the record `store` holds for `keep` (also as `last`), or None."""
+        record = store.pop(self.graph.check_mask(keep).tobytes(), None)
+        if record is not None:
+            self.last = record
+        return record
+
+    def _step(self) -> int:
+        """Candidates per batch."""
+        return self.candidates
+
+    def _commit(self, heads: Sequence[Predictions], full: dict[int, float], cost: Sequence[int]) -> list[ScoreRecord]:
+        """Records of a batch raced against the incumbent at its start: candidate i has first-stage predictions
+        `heads[i]`, its validation accuracy `full[i]` where it went on, and cost `cost[i]` images. Candidates
+        that went on become the incumbent in turn where they beat it."""
+        incumbent = self._best
+        records = []
+        for i, head in enumerate(heads):
+            if i in full:
+                value = full[i]
+                self.full_evaluations += 1
+                if self._best is None or value > self._best[0]:
+                    self._best = (value, head)
+            else:
+                assert incumbent is not None  # only a candidate raced against an incumbent stops early
+                value = incumbent[0] + self.worse(head, incumbent[1])[1]
+            self.evaluations += 1
+            self.images_forwarded += cost[i]
+            records.append(ScoreRecord(score=value, images=cost[i], full=i in full))
+        return records
+
+    def _probe_record(self, head: Predictions, images: int) -> ScoreRecord:
+        """A probe's record from its first-stage predictions (see `SlicedScorer.probe`)."""
+        base_score, base_head = self.base()
+        value = base_score + float((head.correct.double() - base_head.correct.double()).mean())
+        return ScoreRecord(score=value, images=images, full=False)
+
+    def _score_batch(self, keeps: list[np.ndarray]) -> list[ScoreRecord]:
+        raise NotImplementedError
+
+    def _probe_batch(self, keeps: list[np.ndarray]) -> list[ScoreRecord]:
+        raise NotImplementedError
+
+
+__all__ = ["PrefetchingScorer", "ScoreRecord", "SlicedScorer", "clearly_worse"]

@@ -1,4 +1,5 @@
-"""Many candidates per pass: batched scores equal one-at-a-time scores, racing included."""
+"""Candidates scored together (one pass of the masked network, or worker threads) score as one at a time does,
+racing included."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from autoprune.errors import AutopruneError
 from autoprune.graph import build_channel_graph
 from autoprune.models import build_model
 from autoprune.problem import ProblemConfig, load_problem
-from autoprune.scoring import SlicedScorer
+from autoprune.scoring import PrefetchingScorer, SlicedScorer
+from autoprune.threaded_scoring import ThreadedScorer
 
 
 def labelled(model: nn.Module, n: int, batch: int, seed: int, shape=(3, 32, 32)):
@@ -43,12 +45,16 @@ def resnet():
     return model, graph, val, recal, keeps
 
 
+SCORERS = [BatchedScorer, ThreadedScorer]
+
+
+@pytest.mark.parametrize("scorer", SCORERS)
 @pytest.mark.parametrize("with_recalibration", [True, False])
-def test_batched_scores_equal_one_at_a_time_scores(resnet, with_recalibration: bool) -> None:
+def test_batched_scores_equal_one_at_a_time_scores(resnet, with_recalibration: bool, scorer) -> None:
     model, graph, val, recal, keeps = resnet
     recal = recal if with_recalibration else None
     one = SlicedScorer(model, graph, val, recal, race_samples=32, z=math.inf)
-    many = BatchedScorer(model, graph, val, recal, race_samples=32, z=math.inf, candidates=3)  # 2 passes: 3 + 2
+    many = scorer(model, graph, val, recal, race_samples=32, z=math.inf, candidates=3)  # 2 batches: 3 + 2
     expected = [one.score(k) for k in keeps]
     got = many.score_many(keeps)
     assert [r.score for r in got] == pytest.approx([r.score for r in expected], abs=1.5 / 96)  # ≤ 1 image
@@ -57,10 +63,11 @@ def test_batched_scores_equal_one_at_a_time_scores(resnet, with_recalibration: b
     assert many.images_forwarded == one.images_forwarded and many.evaluations == 5
 
 
-def test_batched_racing_of_one_candidate_per_pass_is_the_sequential_racing(resnet) -> None:
+@pytest.mark.parametrize("scorer", SCORERS)
+def test_batched_racing_of_one_candidate_per_pass_is_the_sequential_racing(resnet, scorer) -> None:
     model, graph, val, recal, keeps = resnet
     one = SlicedScorer(model, graph, val, recal, z=0.5)
-    many = BatchedScorer(model, graph, val, recal, z=0.5, candidates=1)
+    many = scorer(model, graph, val, recal, z=0.5, candidates=1)
     sequence = [keeps[4], smallest_mask(graph), *keeps]
     expected = [one.score(k) for k in sequence]
     got = many.score_many(sequence)
@@ -69,12 +76,13 @@ def test_batched_racing_of_one_candidate_per_pass_is_the_sequential_racing(resne
     assert [r.score for r in got] == pytest.approx([r.score for r in expected], abs=1.5 / 96)
 
 
-def test_racing_in_a_batch_never_drops_a_candidate_that_beats_the_incumbent(cache_dir) -> None:
+@pytest.mark.parametrize("scorer_class", SCORERS)
+def test_racing_in_a_batch_never_drops_a_candidate_that_beats_the_incumbent(cache_dir, scorer_class) -> None:
     problem = load_problem(ProblemConfig(eval_samples=300))  # the trained digits CNN: accuracies far apart
     graph, base = problem.graph, problem.evaluator
     val = [(base.x[i : i + 100], base.y[i : i + 100]) for i in range(0, base.num_samples, 100)]
     reference = SlicedScorer(problem.model, graph, val, base.recalibration, z=math.inf)
-    scorer = BatchedScorer(problem.model, graph, val, base.recalibration, z=2.0, candidates=4)
+    scorer = scorer_class(problem.model, graph, val, base.recalibration, z=2.0, candidates=4)
     middling = project(graph, graph.full_mask(), Constraints(flops=0.4))
     better = project(graph, graph.full_mask(), Constraints(flops=0.9))
     tiny = smallest_mask(graph)
@@ -86,22 +94,24 @@ def test_racing_in_a_batch_never_drops_a_candidate_that_beats_the_incumbent(cach
     assert got[0].score < got[1].score
 
 
-def test_prefetched_masks_are_scored_once(resnet) -> None:
+@pytest.mark.parametrize("scorer_class", SCORERS)
+def test_prefetched_masks_are_scored_once(resnet, scorer_class) -> None:
     model, graph, val, recal, keeps = resnet
-    scorer = BatchedScorer(model, graph, val, recal, z=math.inf, candidates=8)
+    scorer = scorer_class(model, graph, val, recal, z=math.inf, candidates=8)
     scorer.prefetch(keeps[:3])
     spent = scorer.images_forwarded
     records = [scorer.score(k) for k in keeps[:3]]
     assert scorer.images_forwarded == spent and scorer.evaluations == 3
     assert all(r.full for r in records)
-    scorer.score(keeps[3])  # not prefetched: scored now, on the sliced network
+    scorer.score(keeps[3])  # not prefetched: scored now, alone on the sliced network
     assert scorer.images_forwarded > spent and scorer.evaluations == 4
 
 
-def test_batched_probes_equal_one_at_a_time_probes(resnet) -> None:
+@pytest.mark.parametrize("scorer", SCORERS)
+def test_batched_probes_equal_one_at_a_time_probes(resnet, scorer) -> None:
     model, graph, val, recal, keeps = resnet
     one = SlicedScorer(model, graph, val, recal)
-    many = BatchedScorer(model, graph, val, recal, candidates=2)
+    many = scorer(model, graph, val, recal, candidates=2)
     expected = [one.probe(k).score for k in keeps]
     many.prefetch_probes(keeps)
     assert many.passes == [2, 2, 1]
@@ -128,19 +138,48 @@ def test_searches_hand_over_their_candidates_in_batches(method: str, tmp_path, c
         evaluations=40, rollout=8, reconstruct=False, out=str(tmp_path / method),
     )  # fmt: skip
     problem = load_problem(config.problem)
-    assert isinstance(problem.evaluator, BatchedScorer)
+    assert isinstance(problem.evaluator, ThreadedScorer)  # on a CPU: 4 worker threads
     metrics = search_problem(config, problem, search_constraints(config, problem), progress=False).metrics
     assert metrics["evaluations"] == (40 if method != "sensitivity" else problem.evaluator.evaluations)
     assert 4 in problem.evaluator.passes  # the agent's envs, random search's draws or the probes, 4 per pass
     assert problem.evaluator.evaluations >= metrics["evaluations"]
 
 
-def test_batched_scoring_of_reconstructed_candidates_is_refused_in_one_line() -> None:
-    from conftest import run_cli
+def test_threaded_scores_of_reconstructed_candidates_equal_one_at_a_time_scores(resnet) -> None:
+    model, graph, val, recal, keeps = resnet
+    one = SlicedScorer(model, graph, val, recal, z=math.inf, reconstruction=True)
+    many = ThreadedScorer(model, graph, val, recal, z=math.inf, reconstruction=True, candidates=2)
+    expected = [one.score(k) for k in keeps]
+    got = many.score_many(keeps)
+    assert [r.score for r in got] == pytest.approx([r.score for r in expected], abs=1.5 / 96)
+    assert [r.images for r in got] == [r.images for r in expected]
+    assert many.images_forwarded == one.images_forwarded
 
-    result = run_cli("search", "--candidate-batch", "4", "--score-with-reconstruction", "--quiet")
-    assert result.returncode != 0 and "--candidate-batch 1" in result.stderr
-    assert "Traceback" not in result.stderr
+
+def test_worker_threads_leave_the_callers_torch_threads_as_they_were(resnet) -> None:
+    model, graph, val, recal, keeps = resnet
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        scorer = ThreadedScorer(model, graph, val, recal, candidates=2)
+        assert scorer.threads == 1  # the caller's 2 threads shared out
+        scorer.score_many(keeps[:2])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("threads", "expected"), [(1, SlicedScorer), (2, ThreadedScorer)])
+def test_by_default_a_cpu_scores_as_many_candidates_at_once_as_torch_has_threads(threads, expected, cache_dir) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        evaluator = load_problem(ProblemConfig(eval_samples=100)).evaluator
+    finally:
+        torch.set_num_threads(before)
+    assert type(evaluator) is expected
+    assert getattr(evaluator, "candidates", 1) == threads
+    assert isinstance(evaluator, PrefetchingScorer) == (threads > 1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
