@@ -241,19 +241,27 @@ class BatchedScorer(PrefetchingScorer):
     def _score_batch(self, keeps: list[np.ndarray]) -> list[ScoreRecord]:
         self.network.load(np.stack(keeps))
         heads = self._first_stage(race=True)
-        first = 0 if self.recalibration else self.race_samples
         cost = [len(head) for head in heads]
-        incumbent = self._best
-        going = [i for i in range(len(keeps)) if incumbent is None or not self.worse(heads[i], incumbent[1])[0]]
-        full: dict[int, float] = {}
-        if going:
-            self.network.select(going)
-            rest = self._predict(first, self.num_samples).correct
-            for row, i in enumerate(going):
-                correct = rest[row] if self.recalibration else torch.cat([heads[i].correct, rest[row]])
-                full[i] = float(correct.double().mean()) if self.num_samples else 0.0
-                cost[i] += rest.shape[1]
-        return self._commit(heads, full, cost)
+        best = self._best
+        going = [i for i in range(len(keeps)) if best is None or not self.worse(heads[i], best[1])[0]]
+        parts = {i: [] if self.recalibrates else [heads[i].correct] for i in going}
+        stopped: set[int] = set()
+        batches = self.validation_batches()
+        for n, (start, stop) in enumerate(batches, 1):
+            live = [i for i in going if i not in stopped]
+            if not live:
+                break
+            self.network.select(live)
+            rest = self._predict(start, stop).correct
+            for row, i in enumerate(live):
+                parts[i].append(rest[row])
+                cost[i] += stop - start
+            if best is not None and n < len(batches):
+                stopped |= {i for i in live if self.behind(torch.cat(parts[i]), best[2])[0]}
+        validated = {
+            i: (torch.cat(p) if p else torch.zeros(0, dtype=torch.bool), i in stopped) for i, p in parts.items()
+        }
+        return self._commit(heads, validated, cost)
 
 
 __all__ = ["BatchedScorer", "CandidateBatchNorm", "CandidateNetwork"]

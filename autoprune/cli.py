@@ -341,7 +341,8 @@ def search_options(func):
             type=int,
             default=p.candidate_batch,
             show_default=True,
-            help="candidates scored together in one pass, each with its own mask and BN statistics (pays on a GPU)",
+            help="candidates scored together: side by side on the CPU's threads, or in one pass on a GPU (0: one per "
+            "torch thread on a CPU, one on a GPU)",
         ),
         click.option("--ignore", multiple=True, help="module whose output channels are kept (repeatable)"),
         click.option("--min-channels", type=int, default=p.min_channels, show_default=True),

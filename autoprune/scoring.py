@@ -15,8 +15,11 @@ candidate at 50% FLOPs costs about half a masked pass. It then spends images whe
    stopped candidate's score is the control-variate estimate ``best_full + c``, where ``c`` is the paired mean
    difference of the probability each gives the true class (its confidence: a lower-variance signal than 0/1
    correctness, which orders the stopped candidates better; deciding on it stopped too many candidates that
-   were close to the incumbent). Otherwise the candidate is scored on the validation images and its score is its
-   validation accuracy (and it becomes the incumbent if it beats it).
+   were close to the incumbent). Otherwise the candidate is scored on the validation images.
+4. The validation images race too: after each validation batch but the last, the candidate's correctness so far
+   is compared, paired, with the incumbent's on the same images, and a clearly worse candidate stops there, its
+   score the incumbent's plus the paired mean difference of correctness on those images. A candidate that
+   finishes scores its validation accuracy (and becomes the incumbent if it beats it).
 
 So a reported best score is always a full validation score; only candidates judged worse are estimated.
 `z = inf` switches racing off.
@@ -42,6 +45,9 @@ from autoprune.pruning import apply_kept_channels
 from autoprune.reconstruct import Targets, refitted
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
+Incumbent = tuple[float, Predictions, torch.Tensor]
+"""The best candidate scored on every validation image: its score, first-stage predictions and per-image
+validation correctness."""
 
 
 @dataclass
@@ -122,7 +128,7 @@ class SlicedScorer:
         self.images_forwarded = 0
         self.evaluations = 0
         self.full_evaluations = 0
-        self._best: tuple[float, Predictions] | None = None  # incumbent's score and first-stage predictions
+        self._best: Incumbent | None = None
         self._base: tuple[float, Predictions] | None = None  # the same for the whole network, for probes
         self._pairs: Pairs | None = None
         self.last: ScoreRecord | None = None
@@ -191,15 +197,55 @@ class SlicedScorer:
         self.images_forwarded += max(stop - start, 0)
         return Predictions.cat(parts)
 
-    def accuracy(self, net: nn.Module, head: Predictions) -> float:
-        """Validation accuracy of a prepared network (reusing the first stage when it was validation images);
-        the network is rewritten for inference (`autoprune.inference`) on the way."""
+    def validation_batches(self) -> list[tuple[int, int]]:
+        """The validation images a candidate that passed the first stage is scored on, as `(start, stop)` batches;
+        racing tests it after each but the last."""
+        first = 0 if self.recalibrates else self.race_samples
+        return [
+            (a, min(a + self.batch_size, self.num_samples)) for a in range(first, self.num_samples, self.batch_size)
+        ]
+
+    def validate(
+        self, net: nn.Module, head: Predictions, incumbent: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, bool]:
+        """A prepared network's per-image correctness on the validation images (the first stage's included when it
+        was validation images), and whether racing stopped it early: after each validation batch but the last it
+        stops when clearly worse than `incumbent` (its correctness on every validation image). The network is
+        rewritten for inference (`autoprune.inference`) on the way."""
         net = for_inference(net, inplace=True, pairs=self.fold_pairs)
-        if self.recalibrates:
-            parts = [self.predict(net, 0, self.num_samples).correct]
-        else:
-            parts = [head.correct, self.predict(net, self.race_samples, self.num_samples).correct]
-        return float(torch.cat(parts).double().mean()) if self.num_samples else 0.0
+        parts = [] if self.recalibrates else [head.correct]
+        batches = self.validation_batches()
+        for n, (start, stop) in enumerate(batches, 1):
+            parts.append(self.predict(net, start, stop).correct)
+            if incumbent is not None and n < len(batches) and self.behind(torch.cat(parts), incumbent)[0]:
+                return torch.cat(parts), True
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool), False
+
+    def behind(self, correct: torch.Tensor, incumbent: torch.Tensor) -> tuple[bool, float]:
+        """`clearly_worse` on validation correctness: whether to stop, and the paired mean difference."""
+        return clearly_worse(correct, incumbent, self.z)
+
+    def accuracy(self, net: nn.Module, head: Predictions) -> float:
+        """Validation accuracy of a prepared network (see `validate`; no racing)."""
+        correct, _ = self.validate(net, head)
+        return float(correct.double().mean()) if self.num_samples else 0.0
+
+    def settle(
+        self, head: Predictions, correct: torch.Tensor | None, stopped: bool, incumbent: Incumbent | None
+    ) -> tuple[float, bool]:
+        """A candidate's score and whether it is a full validation score, from its first-stage predictions and
+        its validation correctness (None: racing stopped it at the first stage; `stopped`: during validation),
+        raced against `incumbent`; a full score better than the current incumbent's makes it the incumbent."""
+        if correct is None or stopped:
+            assert incumbent is not None  # only a candidate raced against an incumbent stops early
+            best_score, best_head, best_correct = incumbent
+            offset = self.worse(head, best_head)[1] if correct is None else self.behind(correct, best_correct)[1]
+            return best_score + offset, False
+        value = float(correct.double().mean()) if self.num_samples else 0.0
+        self.full_evaluations += 1
+        if self._best is None or value > self._best[0]:
+            self._best = (value, head, correct)
+        return value, True
 
     def __call__(self, keep: np.ndarray | None) -> float:
         """Score of `keep` (None: the unpruned network, as it is); see the module docstring for racing."""
@@ -213,19 +259,12 @@ class SlicedScorer:
 
     def score(self, keep: np.ndarray) -> ScoreRecord:
         """Score `keep` and say what it cost; also kept as `last`."""
-        before = self.images_forwarded
+        before, best = self.images_forwarded, self._best
         net, head = self.prepare(keep, race=True)
-        full = True
-        if self._best is not None:
-            best_score, best_head = self._best
-            worse, d = self.worse(head, best_head)
-            if worse:
-                full, value = False, best_score + d
-        if full:
-            value = self.accuracy(net, head)
-            self.full_evaluations += 1
-            if self._best is None or value > self._best[0]:
-                self._best = (value, head)
+        correct, stopped = None, False
+        if best is None or not self.worse(head, best[1])[0]:
+            correct, stopped = self.validate(net, head, None if best is None else best[2])
+        value, full = self.settle(head, correct, stopped, best)
         self.evaluations += 1
         self.last = ScoreRecord(score=value, images=self.images_forwarded - before, full=full)
         return self.last
@@ -332,24 +371,21 @@ class PrefetchingScorer(SlicedScorer):
         """Candidates per batch."""
         return self.candidates
 
-    def _commit(self, heads: Sequence[Predictions], full: dict[int, float], cost: Sequence[int]) -> list[ScoreRecord]:
+    def _commit(
+        self, heads: Sequence[Predictions], validated: dict[int, tuple[torch.Tensor, bool]], cost: Sequence[int]
+    ) -> list[ScoreRecord]:
         """Records of a batch raced against the incumbent at its start: candidate i has first-stage predictions
-        `heads[i]`, its validation accuracy `full[i]` where it went on, and cost `cost[i]` images. Candidates
-        that went on become the incumbent in turn where they beat it."""
+        `heads[i]`, where it went on its validation correctness and whether racing stopped it there
+        (`validated[i]`), and cost `cost[i]` images. Fully scored candidates become the incumbent in turn where
+        they beat it."""
         incumbent = self._best
         records = []
         for i, head in enumerate(heads):
-            if i in full:
-                value = full[i]
-                self.full_evaluations += 1
-                if self._best is None or value > self._best[0]:
-                    self._best = (value, head)
-            else:
-                assert incumbent is not None  # only a candidate raced against an incumbent stops early
-                value = incumbent[0] + self.worse(head, incumbent[1])[1]
+            correct, stopped = validated.get(i, (None, False))
+            value, full = self.settle(head, correct, stopped, incumbent)
             self.evaluations += 1
             self.images_forwarded += cost[i]
-            records.append(ScoreRecord(score=value, images=cost[i], full=i in full))
+            records.append(ScoreRecord(score=value, images=cost[i], full=full))
         return records
 
     def _probe_record(self, head: Predictions, images: int) -> ScoreRecord:

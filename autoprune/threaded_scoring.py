@@ -16,6 +16,7 @@ patches every module's call while it traces, in every thread.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -90,29 +91,37 @@ class ThreadedScorer(PrefetchingScorer):
         return [self._probe_record(head, images) for _, head, images in self._prepared(keeps, race=False)]
 
     def _score_batch(self, keeps: list[np.ndarray]) -> list[ScoreRecord]:
-        """Candidates prepared in parallel, then the validation images of those that go on, in pieces of a batch
-        shared out over the workers (so one candidate left still runs on every worker)."""
+        """Candidates prepared in parallel, then validated batch by batch: each validation batch of the candidates
+        still racing is cut into as many pieces as keep every worker busy (one candidate left still runs on all of
+        them), and racing tests each after every batch but the last."""
         prepared = self._prepared(keeps, race=True)
-        first = 0 if self.recalibrates else self.race_samples
-        pieces = [
-            (net, i, a, min(a + self.batch_size, self.num_samples))
-            for i, (net, _, _) in enumerate(prepared)
-            if net is not None
-            for a in range(first, self.num_samples, self.batch_size)
-        ]
-
-        def predict(piece: tuple[nn.Module, int, int, int]) -> torch.Tensor:
-            net, _, a, b = piece
-            return self._worker().predict(net, a, b).correct
-
+        incumbent = None if self._best is None else self._best[2]
         heads = [head for _, head, _ in prepared]
-        correct = {i: [] if self.recalibrates else [heads[i].correct] for i, (net, _, _) in enumerate(prepared) if net}
-        for (_, i, _, _), part in zip(pieces, self._map(predict, pieces), strict=True):
-            correct[i].append(part)
-        full = {i: float(torch.cat(parts).double().mean()) if self.num_samples else 0.0 for i, parts in correct.items()}
-        rest = self.num_samples - first
-        cost = [images + (rest if i in full else 0) for i, (_, _, images) in enumerate(prepared)]
-        return self._commit(heads, full, cost)
+        nets = {i: net for i, (net, _, _) in enumerate(prepared) if net is not None}
+        parts = {i: [] if self.recalibrates else [heads[i].correct] for i in nets}
+        stopped: set[int] = set()
+        cost = [images for _, _, images in prepared]
+        batches = self.validation_batches()
+        for n, (start, stop) in enumerate(batches, 1):
+            live = [i for i in nets if i not in stopped]
+            if not live:
+                break
+            bounds = np.linspace(start, stop, max(1, self.candidates // len(live)) + 1).round().astype(int)
+            pieces = [(i, int(a), int(b)) for i in live for a, b in itertools.pairwise(bounds) if b > a]
+
+            def predict(piece: tuple[int, int, int]) -> torch.Tensor:
+                i, a, b = piece
+                return self._worker().predict(nets[i], a, b).correct
+
+            for (i, a, b), part in zip(pieces, self._map(predict, pieces), strict=True):
+                parts[i].append(part)
+                cost[i] += b - a
+            if incumbent is not None and n < len(batches):
+                stopped |= {i for i in live if self.behind(torch.cat(parts[i]), incumbent)[0]}
+        validated = {
+            i: (torch.cat(p) if p else torch.zeros(0, dtype=torch.bool), i in stopped) for i, p in parts.items()
+        }
+        return self._commit(heads, validated, cost)
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles leave the worker threads behind (each copy starts its own)."""

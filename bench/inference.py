@@ -12,7 +12,6 @@ rewritten networks disagree with the first on a prediction. Appends a section to
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import platform
@@ -21,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from throughput import accelerator, candidate_masks
+from throughput import accelerator, bench_arguments, candidate_masks, load_bench_problem
 
 from autoprune.constraints import Constraints
 from autoprune.inference import fast_layout, for_inference
-from autoprune.problem import ProblemConfig, load_problem
 
 VARIANTS = {
     "as it is (eval mode, default layout)": lambda net: net.to(memory_format=torch.contiguous_format).eval(),
@@ -45,24 +43,10 @@ def timed_pass(net: torch.nn.Module, batches: list, variant: str) -> tuple[float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet56")
-    parser.add_argument("--weights", required=True)
-    parser.add_argument("--dataset", default="cifar10")
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--target-flops", type=float, default=0.5)
-    parser.add_argument("--masks", type=int, default=12)
-    parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--results", default="bench/results/inference.md")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    problem = load_problem(
-        ProblemConfig(model=args.model, weights=args.weights, dataset=args.dataset, data_dir=args.data_dir,
-                      eval_samples=args.samples)
-    )  # fmt: skip
+    args = bench_arguments(
+        __doc__.splitlines()[0], masks=12, samples=1000, results="bench/results/inference.md"
+    ).parse_args()
+    problem = load_bench_problem(args)
     masks = candidate_masks(problem, Constraints(flops=args.target_flops), args.masks, args.seed)
     scorer = problem.evaluator
     batches = [(scorer.x[i : i + scorer.batch_size], None) for i in range(0, scorer.num_samples, scorer.batch_size)]

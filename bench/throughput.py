@@ -30,7 +30,7 @@ from autoprune.agents.warm_start import ranking_warm_start
 from autoprune.batched_scoring import BatchedScorer
 from autoprune.constraints import Constraints, project
 from autoprune.masking import MaskedEvaluator
-from autoprune.problem import ProblemConfig, load_problem
+from autoprune.problem import Problem, ProblemConfig, load_problem
 from autoprune.scoring import SlicedScorer
 
 
@@ -57,27 +57,37 @@ def accelerator() -> str:
     return f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "CPU only"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_arguments(description: str, masks: int, samples: int, results: str) -> argparse.ArgumentParser:
+    """The arguments every scoring benchmark takes (problem, masks, threads, results file)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="resnet56")
     parser.add_argument("--weights", required=True)
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--target-flops", type=float, default=0.5)
-    parser.add_argument("--masks", type=int, default=60)
-    parser.add_argument("--today-samples", type=int, default=500, help="validation images of today's scorer")
-    parser.add_argument("--samples", type=int, default=1000, help="validation images of the new scorer")
-    parser.add_argument("--candidate-batch", type=int, default=16, help="masks per pass of the batched scorer")
+    parser.add_argument("--masks", type=int, default=masks)
+    parser.add_argument("--samples", type=int, default=samples, help="validation images per candidate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--results", default="bench/results/throughput.md")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    parser.add_argument("--results", default=results)
+    return parser
 
-    problem = load_problem(
+
+def load_bench_problem(args: argparse.Namespace) -> Problem:
+    """`args.threads` torch threads, and the problem `args` names (scored one candidate at a time)."""
+    torch.set_num_threads(args.threads)
+    return load_problem(
         ProblemConfig(model=args.model, weights=args.weights, dataset=args.dataset, data_dir=args.data_dir,
-                      eval_samples=args.samples)
+                      eval_samples=args.samples, candidate_batch=1)
     )  # fmt: skip
+
+
+def main() -> None:
+    parser = bench_arguments(__doc__.splitlines()[0], masks=60, samples=1000, results="bench/results/throughput.md")
+    parser.add_argument("--today-samples", type=int, default=500, help="validation images of today's scorer")
+    parser.add_argument("--candidate-batch", type=int, default=16, help="masks per pass of the batched scorer")
+    args = parser.parse_args()
+    problem = load_bench_problem(args)
     constraints = Constraints(flops=args.target_flops)
     masks = candidate_masks(problem, constraints, args.masks, args.seed)
     graph, recal, device = problem.graph, problem.evaluator.recalibration, problem.device

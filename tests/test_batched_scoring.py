@@ -191,3 +191,20 @@ def test_batched_scores_on_the_gpu_equal_cpu_scores(resnet) -> None:
     gpu = BatchedScorer(gpu_model, graph, *to_gpu, z=math.inf, candidates=len(keeps))
     expected = [cpu.score(k).score for k in keeps]
     assert [r.score for r in gpu.score_many(keeps)] == pytest.approx(expected, abs=1.5 / 96)
+
+
+@pytest.mark.parametrize("scorer_class", [SlicedScorer, *SCORERS])
+def test_racing_stops_a_clearly_worse_candidate_after_a_validation_batch(cache_dir, scorer_class) -> None:
+    problem = load_problem(ProblemConfig(eval_samples=300))  # the trained digits CNN: accuracies far apart
+    graph, base = problem.graph, problem.evaluator
+    val = [(base.x[i : i + 100], base.y[i : i + 100]) for i in range(0, base.num_samples, 100)]
+    reference = SlicedScorer(problem.model, graph, val, z=math.inf)
+    extra = {} if scorer_class is SlicedScorer else {"candidates": 2}
+    scorer = scorer_class(problem.model, graph, val, race_samples=0, z=2.0, **extra)  # no first stage: validation races
+    better, tiny = project(graph, graph.full_mask(), Constraints(flops=0.9)), smallest_mask(graph)
+    assert reference(better) > reference(tiny) + 0.2
+    records = [scorer.score(better), scorer.score(tiny), scorer.score(better)]
+    assert [r.full for r in records] == [True, False, True]  # an equal candidate goes on to every image
+    n = base.num_samples  # more than one batch of 100
+    assert n > 100 and [r.images for r in records] == [n, 100, n]  # the worse one stopped after the first batch
+    assert records[1].score == pytest.approx(reference(tiny), abs=0.15)  # the paired estimate on those 100 images

@@ -35,6 +35,8 @@ def test_finalists_keep_the_best_distinct_masks() -> None:
     assert [(s, k.tolist()) for s, k in finalists.entries] == [(0.7, b.tolist()), (0.6, c.tolist())]
     restored = Finalists.from_state(1, finalists.state())
     assert [(s, k.tolist()) for s, k in restored.entries] == [(0.7, b.tolist())]
+    joined = Finalists.from_state(3, finalists.state() + finalists.state())  # e.g. an older run's two lists
+    assert [(s, k.tolist()) for s, k in joined.entries] == [(0.7, b.tolist()), (0.6, c.tolist())]
     assert Finalists(0).entries == [] and (Finalists(0).offer(1.0, a) is None and not Finalists(0).entries)
 
 

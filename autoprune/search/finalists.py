@@ -51,7 +51,11 @@ class Finalists:
 
     @classmethod
     def from_state(cls, size: int, saved: list[dict[str, Any]]) -> Finalists:
-        return cls(size, [(float(e["score"]), np.asarray(e["keep"], dtype=np.int8)) for e in saved])
+        """Rebuilt from `state()` entries (several lists joined, e.g. an older run's two, are de-duplicated)."""
+        finalists = cls(size)
+        for entry in saved:
+            finalists.offer(float(entry["score"]), np.asarray(entry["keep"], dtype=np.int8))
+        return finalists
 
 
 @dataclass

@@ -253,9 +253,7 @@ def _execute(
     budget = config.evaluations if config.targets else search_budget(config, problem)
     reserve = config.evaluations - budget
     saved = [*((state or {}).get("leaders") or []), *((state or {}).get("finalists") or [])]  # older runs: both
-    leaders = Finalists(max(TOP, reserve))
-    for entry in saved:
-        leaders.offer(float(entry["score"]), np.asarray(entry["keep"], dtype=np.int8))
+    leaders = Finalists.from_state(max(TOP, reserve), saved)
     tracker = Tracker(run, budget, done=done, best=best, progress=progress, leaders=leaders)
     tracker.elapsed_before = float(state["seconds"]) if state else 0.0
     tracker.images = int(state.get("images", 0)) if state else 0
