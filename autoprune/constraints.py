@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from autoprune.errors import AutopruneError
+from autoprune.flops import BilinearCost
 from autoprune.graph.channel_graph import ChannelGraph
 
 if TYPE_CHECKING:
@@ -225,13 +226,33 @@ def fill(
         raise AutopruneError("fill needs a feasible mask; project it first")
     dropped = np.flatnonzero(keep == 0)
     value = _value_per_cost(graph, keep, constraints, priority)
+    budgets = _growing_budgets(graph, constraints)
+    least = [cost.marginal(keep) for cost, _ in budgets]  # what adding each channel costs at the least, ever after
+    room = [limit - cost(keep) for cost, limit in budgets]
     for channel in dropped[np.argsort(-value[dropped], kind="stable")]:
+        if any(low[channel] > left for low, left in zip(least, room, strict=True)):
+            continue  # cannot fit now, nor later: a shortcut past the trial below, same result
         trial = keep.copy()
         trial[channel] = 1
         trial = graph.legalize(trial, priority)
         if constraints.feasible(graph, trial):
             keep = trial
+            room = [limit - cost(keep) for cost, limit in budgets]
     return keep
+
+
+def _growing_budgets(graph: ChannelGraph, constraints: Constraints) -> list[tuple[BilinearCost, float]]:
+    """The FLOPs and parameter budgets as (cost, most allowed, with `feasible`'s tolerance and a margin), where
+    the cost's coefficients are non-negative: then adding a channel costs at least its `marginal` cost at any
+    smaller mask, since the kept channels it multiplies only grow."""
+    budgets = []
+    for target, cost, base in (
+        (constraints.flops, graph.flops_cost, graph.base_flops),
+        (constraints.params, graph.params_cost, graph.base_params),
+    ):
+        if target is not None and (cost.a >= 0).all() and (cost.b >= 0).all():
+            budgets.append((cost, (target + 2e-9) * base))
+    return budgets
 
 
 def _value_per_cost(

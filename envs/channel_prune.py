@@ -124,6 +124,7 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.priority = priority
         self.features = GraphFeatures(graph, sensitivity)
         self._target_index = 0
+        self._projected: tuple[tuple[bytes, int], np.ndarray] | None = None  # the last `project`: key, mask
         self._episodes = 0
         self.target = self._target_ratio()
 
@@ -231,8 +232,13 @@ class ChannelPruneEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             self._bests[self._target_index] = self._best_score
 
     def project(self, action: np.ndarray) -> np.ndarray:
-        """The feasible mask `step` scores for `action` (what a vectorised env scores ahead, in one batch)."""
-        return rescale(self.graph, self._proposal(action), self.constraints, self.priority)
+        """The feasible mask `step` scores for `action` (what a vectorised env scores ahead, in one batch); the
+        last one is remembered, so `step` does not project the action a vectorised env projected again."""
+        proposal = self._proposal(action)
+        key = (proposal.tobytes(), id(self.constraints))
+        if self._projected is None or self._projected[0] != key:
+            self._projected = (key, rescale(self.graph, proposal, self.constraints, self.priority))
+        return self._projected[1].copy()
 
     def _proposal(self, action: np.ndarray) -> np.ndarray:
         proposal = np.asarray(action)

@@ -52,3 +52,33 @@ def test_rescale_keeps_a_whole_group_whole_where_project_cuts_it(graph) -> None:
     assert graph.flops(scaled) / graph.base_flops <= 0.5 + 1e-9
     projected = project(graph, proposal, half)
     assert widths(graph, projected)[0] < widths(graph, scaled)[0]  # the global cut takes from the stream
+
+
+def plain_fill(graph, keep: np.ndarray, constraints: Constraints, priority: np.ndarray) -> np.ndarray:
+    """`fill` without its shortcut: every dropped channel is tried, in the same order."""
+    from autoprune.constraints import _value_per_cost
+
+    keep = graph.legalize(keep, priority)
+    dropped = np.flatnonzero(keep == 0)
+    value = _value_per_cost(graph, keep, constraints, priority)
+    for channel in dropped[np.argsort(-value[dropped], kind="stable")]:
+        trial = keep.copy()
+        trial[channel] = 1
+        trial = graph.legalize(trial, priority)
+        if constraints.feasible(graph, trial):
+            keep = trial
+    return keep
+
+
+@pytest.mark.parametrize("budget", [{"flops": 0.5}, {"flops": 0.3, "params": 0.4}, {"params": 0.6}])
+def test_fill_skips_only_channels_that_cannot_fit(graph, budget) -> None:
+    from autoprune.constraints import fill
+
+    constraints = Constraints(**budget)
+    rng = np.random.default_rng(0)
+    priority = rng.random(graph.num_decisions)
+    for density in (0.2, 0.5):
+        keep = project(graph, (rng.random(graph.num_decisions) < density).astype(np.int8), constraints, priority)
+        expected = plain_fill(graph, keep, constraints, priority)
+        assert (expected != keep).any()  # the fill adds channels: the comparison is not empty
+        np.testing.assert_array_equal(fill(graph, keep, constraints, priority), expected)
