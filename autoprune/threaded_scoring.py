@@ -102,17 +102,17 @@ class ThreadedScorer(PrefetchingScorer):
         stopped: set[int] = set()
         cost = [images for _, _, images in prepared]
         batches = self.validation_batches()
+
+        def predict(piece: tuple[int, int, int]) -> torch.Tensor:
+            i, a, b = piece
+            return self._worker().predict(nets[i], a, b).correct  # a worker copy: the images are counted below
+
         for n, (start, stop) in enumerate(batches, 1):
             live = [i for i in nets if i not in stopped]
             if not live:
                 break
             bounds = np.linspace(start, stop, max(1, self.candidates // len(live)) + 1).round().astype(int)
             pieces = [(i, int(a), int(b)) for i in live for a, b in itertools.pairwise(bounds) if b > a]
-
-            def predict(piece: tuple[int, int, int]) -> torch.Tensor:
-                i, a, b = piece
-                return self._worker().predict(nets[i], a, b).correct
-
             for (i, a, b), part in zip(pieces, self._map(predict, pieces), strict=True):
                 parts[i].append(part)
                 cost[i] += b - a
@@ -126,12 +126,6 @@ class ThreadedScorer(PrefetchingScorer):
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles leave the worker threads behind (each copy starts its own)."""
         return {**self.__dict__, "_pool": None}
-
-    def close(self) -> None:
-        """Stop the worker threads (a later batch starts them again)."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
 
 
 __all__ = ["ThreadedScorer"]
