@@ -181,7 +181,6 @@ def resume_search(
         config.problem = dataclasses.replace(config.problem, trust_pickle=trust_pickle, cache_dir=cache_dir)
         config.address = address
         state = run.load_state() if config.method == "rl" else None  # baselines restart: their stream is seeded
-        vectorised = config.workers > 1 or bool(config.address)
         if state is not None:
             check_state(state, config.evaluations, needs_env=False)
             if state["evaluations"] < config.evaluations:
@@ -189,6 +188,7 @@ def resume_search(
         rows = run.read_metrics(state["evaluations"] if state else 0)
         problem, constraints = _setup(config)
         if state is not None:  # the env is needed until the search part of the budget is spent
+            vectorised = config.workers > 1 or bool(config.address) or _candidates(problem) > 1
             check_state(state, search_budget(config, problem), needs_env=True, vectorised=vectorised)
             check_masks(state, problem.graph, constraints)
         return _execute(config, problem, constraints, run, state=state, rows=rows, progress=progress).metrics

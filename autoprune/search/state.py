@@ -27,7 +27,8 @@ def check_state(state: Any, evaluations: int, needs_env: bool, vectorised: bool 
         state: the parsed JSON.
         evaluations: the run's budget.
         needs_env: the agent's env state is needed to continue (an RL run not yet finished).
-        vectorised: the run's env is a vector of Ray actors, whose state may be a list (one per actor).
+        vectorised: the run's env is a vector (Ray actors, or one env per candidate scored at a time), whose state
+            may be a list (one per env).
     """
     if not isinstance(state, dict):
         _fail(f"is a JSON {type(state).__name__}, not an object")
@@ -61,7 +62,10 @@ def check_state(state: Any, evaluations: int, needs_env: bool, vectorised: bool 
         envs = state.get("env")
         envs = [envs] if isinstance(envs, dict) else envs if vectorised else None
         if not isinstance(envs, list) or not envs or not all(isinstance(e, dict) for e in envs):
-            _fail("env must be the agent's env state (an object, or with --workers a list of them)")
+            _fail(
+                "env must be the agent's env state (an object, or a list of them where several candidates are "
+                "scored at a time: --workers, --candidate-batch)"
+            )
         for env in envs:
             _check_env(env)
     return state
