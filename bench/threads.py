@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from throughput import accelerator, bench_arguments, candidate_masks, load_bench_problem
+from throughput import accelerator, bench_arguments, candidate_masks, in_turns, load_bench_problem
 
 from autoprune.constraints import Constraints
 from autoprune.scoring import SlicedScorer
@@ -45,17 +45,7 @@ def main() -> None:
         scorers[f"`ThreadedScorer`: {args.threads} at a time, 1 thread each, racing {racing}"] = ThreadedScorer(
             *common, z=z, candidates=args.threads, threads=1
         )
-    seconds = dict.fromkeys(scorers, 0.0)
-    scores: dict[str, list[float]] = {name: [] for name in scorers}
-    for first in range(0, len(masks), args.threads):
-        batch = masks[first : first + args.threads]
-        for name, scorer in scorers.items():
-            start = time.perf_counter()
-            if isinstance(scorer, ThreadedScorer):
-                scores[name] += [r.score for r in scorer.score_many(batch)]
-            else:
-                scores[name] += [scorer.score(keep).score for keep in batch]
-            seconds[name] += time.perf_counter() - start
+    seconds, scores = in_turns(scorers, masks, args.threads)
 
     names = list(scorers)
     flops = [problem.graph.flops(keep) / problem.graph.base_flops for keep in masks]

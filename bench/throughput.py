@@ -31,7 +31,7 @@ from autoprune.batched_scoring import BatchedScorer
 from autoprune.constraints import Constraints, project
 from autoprune.masking import MaskedEvaluator
 from autoprune.problem import Problem, ProblemConfig, load_problem
-from autoprune.scoring import SlicedScorer
+from autoprune.scoring import PrefetchingScorer, SlicedScorer
 
 
 def candidate_masks(problem, constraints: Constraints, count: int, seed: int) -> list[np.ndarray]:
@@ -51,6 +51,23 @@ def candidate_masks(problem, constraints: Constraints, count: int, seed: int) ->
             ratios = rng.uniform(low, 1.0, size=len(graph.prunable_groups))
             masks.append(project(graph, uniform_mask(graph, ratios, priority), constraints, priority))
     return masks
+
+
+def in_turns(scorers: dict, masks: list[np.ndarray], batch: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Seconds each scorer spent and the scores it gave, taking turns per batch of masks (so that a busy machine
+    slows every scorer alike); a `PrefetchingScorer` scores each batch together."""
+    seconds = dict.fromkeys(scorers, 0.0)
+    scores: dict[str, list[float]] = {name: [] for name in scorers}
+    for first in range(0, len(masks), batch):
+        part = masks[first : first + batch]
+        for name, scorer in scorers.items():
+            start = time.perf_counter()
+            if isinstance(scorer, PrefetchingScorer):
+                scores[name] += [r.score for r in scorer.score_many(part)]
+            else:
+                scores[name] += [float(scorer(keep)) for keep in part]
+            seconds[name] += time.perf_counter() - start
+    return seconds, scores
 
 
 def accelerator() -> str:
@@ -105,18 +122,7 @@ def main() -> None:
             problem.model, graph, val, recal, z=inf
         ),
     }
-    # Round-robin per batch of masks, so that a busy machine slows every scorer alike.
-    seconds = dict.fromkeys(scorers, 0.0)
-    scores: dict[str, list[float]] = {name: [] for name in scorers}
-    for first in range(0, len(masks), args.candidate_batch):
-        batch = masks[first : first + args.candidate_batch]
-        for name, scorer in scorers.items():
-            start = time.perf_counter()
-            if isinstance(scorer, BatchedScorer):
-                scores[name] += [r.score for r in scorer.score_many(batch)]
-            else:
-                scores[name] += [float(scorer(keep)) for keep in batch]
-            seconds[name] += time.perf_counter() - start
+    seconds, scores = in_turns(scorers, masks, args.candidate_batch)
     today.close()
 
     n = len(masks)
