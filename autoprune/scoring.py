@@ -162,9 +162,7 @@ class SlicedScorer:
         the incumbent (then fewer first-stage predictions come back)."""
         kept = self.graph.kept_channels(self.graph.check_mask(keep))
         if self.reconstruction and self.recalibration:
-            if self._targets is None:
-                self._targets = Targets(self.model, torch.cat([x for x, _ in self.recalibration]))
-                self.images_forwarded += len(self._targets.x)
+            self.images_forwarded += self.build_targets()
             net, report = refitted(self.model, kept, targets=self._targets)
             self.images_forwarded += report.images
         else:
@@ -180,6 +178,14 @@ class SlicedScorer:
             self.images_forwarded += len(head)
             return net, head
         return net.eval(), self.predict(net, 0, self.race_samples)
+
+    def build_targets(self) -> int:
+        """Compute the unpruned outputs the re-fit of `reconstruction` aims at, once; the images that cost (0 when
+        they were already computed, or nothing is re-fitted)."""
+        if self._targets is not None or not (self.reconstruction and self.recalibration):
+            return 0
+        self._targets = Targets(self.model, torch.cat([x for x, _ in self.recalibration]))
+        return len(self._targets.x)
 
     def worse(self, head: Predictions, incumbent: Predictions) -> tuple[bool, float]:
         """Whether `head` is clearly worse than the incumbent's first stage (`clearly_worse` on correctness), and

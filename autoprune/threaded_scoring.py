@@ -27,7 +27,6 @@ from torch import nn
 
 from autoprune.inference import for_inference
 from autoprune.masking import Predictions
-from autoprune.reconstruct import Targets
 from autoprune.scoring import PrefetchingScorer, ScoreRecord
 
 T = TypeVar("T")
@@ -79,10 +78,7 @@ class ThreadedScorer(PrefetchingScorer):
             going = race and (incumbent is None or not self.worse(head, incumbent[1])[0])
             return for_inference(net, inplace=True, pairs=pairs) if going else None, head, worker.images_forwarded
 
-        setup = 0
-        if self.reconstruction and self.recalibration and self._targets is None:  # shared; built once, here
-            self._targets = Targets(self.model, torch.cat([x for x, _ in self.recalibration]))
-            setup = len(self._targets.x)  # counted with the first candidate, as one at a time counts it
+        setup = self.build_targets()  # shared, built here; counted with the first candidate, as one at a time does
         prepared = self._map(prepare, keeps)
         net, head, images = prepared[0]
         return [(net, head, images + setup), *prepared[1:]]
