@@ -294,10 +294,11 @@ class SlicedScorer:
     def probe(self, keep: np.ndarray) -> ScoreRecord:
         """Estimate the score of a mask outside the search (e.g. one group cut alone, for sensitivity): the first
         stage only, paired with the whole network (recalibrated the same way) on the same images. Never an
-        incumbent."""
+        incumbent. The whole network's own probe is its `base` score, forwarded once."""
         before = self.images_forwarded
         base_score, base_head = self.base()
-        _, head = self.prepare(keep)
+        keep = self.graph.check_mask(keep)
+        head = base_head if keep.all() else self.prepare(keep)[1]
         value = base_score + float((head.correct.double() - base_head.correct.double()).mean())
         self.evaluations += 1
         self.last = ScoreRecord(score=value, images=self.images_forwarded - before, full=False)

@@ -108,3 +108,19 @@ def test_scoring_with_reconstruction_scores_the_refitted_network() -> None:
         assert scorer.images_forwarded == 64 + (i + 1) * (64 + 64)
     plain = SlicedScorer(model, graph, val, recal, z=math.inf)
     assert [plain(k) for k in masks] != [scorer.score(k).score for k in masks]
+
+
+def test_probing_the_whole_network_reuses_its_base_pass() -> None:
+    model, graph = resnet20_problem()
+    val = labelled_batches(model, 64, 32, seed=1)
+    recal = labelled_batches(model, 64, 32, seed=2)
+    scorer = SlicedScorer(model, graph, val, recal, z=math.inf)
+    record = scorer.probe(graph.full_mask())
+    base_score, _ = scorer.base()
+    assert record.score == base_score
+    assert record.images == 64 + 64  # the base pass (recalibration + validation), forwarded once
+    again = SlicedScorer(model, graph, val, recal, z=math.inf)
+    keep = graph.full_mask()
+    keep[0] = 0
+    cut = again.probe(graph.legalize(keep))
+    assert cut.images == 64 + 64 + 64  # a cut network pays its own recalibration pass on top

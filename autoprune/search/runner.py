@@ -435,6 +435,8 @@ def _search_rl(
     else:  # score the cheap plans and start from the best (the reward competes against it)
         scorer = _scorer_with_keep(problem, constraints, tracker)
         affordable = list(starts)[: max(1, tracker.total - tracker.count)]
+        if scorer.prefetch is not None:  # side by side where the scorer takes several candidates
+            scorer.prefetch([starts[name] for name in affordable])
         scores = {name: scorer(starts[name]) for name in affordable}
         tracker.named = {name: starts[name] for name in affordable}
         best = max(scores, key=scores.get)
