@@ -203,6 +203,13 @@ class SlicedScorer:
         self.images_forwarded += max(stop - start, 0)
         return Predictions.cat(parts)
 
+    def batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The validation images and labels every candidate is scored on, in the scorer's batches."""
+        return [
+            (self.x[i : i + self.batch_size], self.y[i : i + self.batch_size])
+            for i in range(0, self.num_samples, self.batch_size)
+        ]
+
     def validation_batches(self) -> list[tuple[int, int]]:
         """The validation images a candidate that passed the first stage is scored on, as `(start, stop)` batches;
         racing tests it after each but the last."""

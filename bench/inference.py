@@ -49,7 +49,7 @@ def main() -> None:
     problem = load_bench_problem(args)
     masks = candidate_masks(problem, Constraints(flops=args.target_flops), args.masks, args.seed)
     scorer = problem.evaluator
-    batches = [(scorer.x[i : i + scorer.batch_size], None) for i in range(0, scorer.num_samples, scorer.batch_size)]
+    batches = scorer.batches()
     names = list(VARIANTS)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     disagree, flops = 0, []

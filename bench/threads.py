@@ -34,11 +34,7 @@ def main() -> None:
     problem = load_bench_problem(args)
     masks = candidate_masks(problem, Constraints(flops=args.target_flops), args.masks, args.seed)
     base = problem.evaluator
-    val = [
-        (base.x[i : i + base.batch_size], base.y[i : i + base.batch_size])
-        for i in range(0, base.num_samples, base.batch_size)
-    ]
-    common = (problem.model, problem.graph, val, base.recalibration)
+    common = (problem.model, problem.graph, base.batches(), base.recalibration)
     scorers: dict[str, SlicedScorer] = {}
     for racing, z in (("off", math.inf), ("on", 2.0)):
         scorers[f"one at a time, {args.threads} threads, racing {racing}"] = SlicedScorer(*common, z=z)

@@ -124,3 +124,12 @@ def test_probing_the_whole_network_reuses_its_base_pass() -> None:
     keep[0] = 0
     cut = again.probe(graph.legalize(keep))
     assert cut.images == 64 + 64 + 64  # a cut network pays its own recalibration pass on top
+
+
+def test_batches_are_the_validation_images_in_the_scorers_batches() -> None:
+    model, graph = resnet20_problem()
+    val = labelled_batches(model, 80, 32, seed=1)  # 32 + 32 + 16
+    scorer = SlicedScorer(model, graph, val, None, z=math.inf)
+    got = scorer.batches()
+    assert [len(y) for _, y in got] == [32, 32, 16]
+    assert all(torch.equal(x, vx) and torch.equal(y, vy) for (x, y), (vx, vy) in zip(got, val, strict=True))
