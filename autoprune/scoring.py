@@ -303,13 +303,18 @@ class SlicedScorer:
         stage only, paired with the whole network (recalibrated the same way) on the same images. Never an
         incumbent. The whole network's own probe is its `base` score, forwarded once."""
         before = self.images_forwarded
-        base_score, base_head = self.base()
+        base_head = self.base()[1]
         keep = self.graph.check_mask(keep)
         head = base_head if keep.all() else self.prepare(keep)[1]
-        value = base_score + float((head.correct.double() - base_head.correct.double()).mean())
         self.evaluations += 1
-        self.last = ScoreRecord(score=value, images=self.images_forwarded - before, full=False)
+        self.last = self._probe_record(head, self.images_forwarded - before)
         return self.last
+
+    def _probe_record(self, head: Predictions, images: int) -> ScoreRecord:
+        """A probe's record from its first-stage predictions (see `probe`)."""
+        base_score, base_head = self.base()
+        value = base_score + float((head.correct.double() - base_head.correct.double()).mean())
+        return ScoreRecord(score=value, images=images, full=False)
 
 
 class PrefetchingScorer(SlicedScorer):
@@ -401,12 +406,6 @@ class PrefetchingScorer(SlicedScorer):
             self.images_forwarded += cost[i]
             records.append(ScoreRecord(score=value, images=cost[i], full=full))
         return records
-
-    def _probe_record(self, head: Predictions, images: int) -> ScoreRecord:
-        """A probe's record from its first-stage predictions (see `SlicedScorer.probe`)."""
-        base_score, base_head = self.base()
-        value = base_score + float((head.correct.double() - base_head.correct.double()).mean())
-        return ScoreRecord(score=value, images=images, full=False)
 
     def _score_batch(self, keeps: list[np.ndarray]) -> list[ScoreRecord]:
         raise NotImplementedError

@@ -67,7 +67,7 @@ def test_racing_test_on_constructed_cases() -> None:
 def test_racing_stops_clearly_worse_candidates_and_keeps_full_scores_for_the_best(cache_dir) -> None:
     problem = load_problem(ProblemConfig(eval_samples=300))
     graph, scorer = problem.graph, problem.evaluator
-    full_scorer = SlicedScorer(problem.model, graph, scorer_batches(scorer), scorer.recalibration, z=math.inf)
+    full_scorer = SlicedScorer(problem.model, graph, scorer.batches(), scorer.recalibration, z=math.inf)
     near = project(graph, graph.full_mask(), Constraints(flops=0.8))
     tiny = smallest_mask(graph)
     recal = sum(len(x) for x, _ in scorer.recalibration)
@@ -82,10 +82,6 @@ def test_racing_stops_clearly_worse_candidates_and_keeps_full_scores_for_the_bes
     assert worse.score < first.score and truth < first.score
     assert abs(worse.score - truth) < 0.1  # the paired estimate is close to the true score
     assert scorer.full_evaluations == 2  # `near` twice
-
-
-def scorer_batches(scorer: SlicedScorer):
-    return [(scorer.x[i : i + 100], scorer.y[i : i + 100]) for i in range(0, scorer.num_samples, 100)]
 
 
 def test_scoring_with_reconstruction_scores_the_refitted_network() -> None:

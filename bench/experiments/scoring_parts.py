@@ -48,7 +48,7 @@ def parts(problem: Problem, keep: np.ndarray) -> str:
     net = cut()
     folded = for_inference(copy.deepcopy(net), inplace=True, pairs=scorer.fold_pairs)
     recalibration = fastest(lambda: recalibrate_bn(net, scorer.recalibration))
-    validation = fastest(lambda: scorer.predict(folded, 0, 1000))
+    validation = fastest(lambda: scorer.predict(folded, 0, scorer.num_samples))
     return f"cut copy {fastest(cut):.3f} s, recalibration {recalibration:.3f} s, validation {validation:.3f} s"
 
 
