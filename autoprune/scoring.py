@@ -357,9 +357,10 @@ class PrefetchingScorer(SlicedScorer):
             self._prefetched[keep.tobytes()] = record
 
     def prefetch_probes(self, keeps: Sequence[np.ndarray]) -> None:
-        """Probe `keeps` now, in batches (first stage only, paired with the whole network, as `probe`)."""
+        """Probe `keeps` now, in batches (first stage only, paired with the whole network, as `probe`); the whole
+        network is left to `probe`, whose record of it is the base pass."""
         self.base()
-        keeps = [self.graph.check_mask(k) for k in keeps]
+        keeps = [k for k in (self.graph.check_mask(k) for k in keeps) if not k.all()]
         for start in range(0, len(keeps), self._step()):
             batch = keeps[start : start + self._step()]
             self.passes.append(len(batch))

@@ -120,6 +120,18 @@ def test_batched_probes_equal_one_at_a_time_probes(resnet, scorer) -> None:
     assert many.images_forwarded == spent == one.images_forwarded
 
 
+@pytest.mark.parametrize("scorer", SCORERS)
+def test_prefetched_probes_leave_the_whole_network_to_its_base_pass(resnet, scorer) -> None:
+    model, graph, val, recal, keeps = resnet
+    many = scorer(model, graph, val, recal, candidates=2)
+    cut = next(k for k in keeps if not k.all())
+    many.prefetch_probes([graph.full_mask(), cut])
+    assert many.passes == [1]  # only the cut network was forwarded beside the base pass
+    spent = many.images_forwarded
+    whole = many.probe(graph.full_mask())
+    assert whole.score == many.base()[0] and whole.images == 0 and many.images_forwarded == spent
+
+
 def test_networks_whose_masking_is_not_a_product_are_refused_in_one_line() -> None:
     model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 4)).eval()
     graph = build_channel_graph(model, torch.zeros(1, 8))
