@@ -107,3 +107,11 @@ def test_no_shortlist_without_the_refit(tmp_path: Path, cache_dir) -> None:
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "r" / "shortlist.csv").exists()
     assert "shortlist" not in Plan.load(tmp_path / "r" / "plan.json").metrics
+
+
+def test_the_summary_says_how_much_of_the_search_time_the_shortlist_took() -> None:
+    from autoprune.search.report import cost
+
+    said = cost({"evaluations": 300, "search_seconds": 696.24, "shortlist_seconds": 95.5, "finalize_seconds": 224.9})
+    assert "696.2 s searching (95.5 s of it re-fitting the shortlist), 224.9 s pruning" in said
+    assert "shortlist" not in cost({"evaluations": 3, "search_seconds": 1.0})

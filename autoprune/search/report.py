@@ -151,7 +151,10 @@ def cost(metrics: dict[str, Any]) -> str:
     if metrics.get("images_forwarded"):
         parts.append(f"{metrics['images_forwarded']:,} images forwarded")
     if "search_seconds" in metrics:
-        parts.append(f"{float(metrics['search_seconds']):.1f} s searching")
+        searching = f"{float(metrics['search_seconds']):.1f} s searching"
+        if "shortlist_seconds" in metrics:
+            searching += f" ({float(metrics['shortlist_seconds']):.1f} s of it re-fitting the shortlist)"
+        parts.append(searching)
     if "finalize_seconds" in metrics:
         parts.append(f"{float(metrics['finalize_seconds']):.1f} s pruning, recovering and measuring")
     return ", ".join(parts) or "cost not recorded"
