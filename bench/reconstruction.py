@@ -1,10 +1,11 @@
 """Recovery without a training loop: BN recalibration vs least-squares reconstruction vs a 1-epoch fine-tune.
 
 For the plan of every finished run in the given study directories (as written by `bench/quality.py`), measures
-test and validation accuracy of the pruned network after BN recalibration (20 batches of 128, what a search's `finish`
-does), after reconstruction (`autoprune.reconstruct`, 1024 training images by default) of the network as cut, after that
-and BN recalibration, and after the same 1-epoch fine-tune the quality study uses (from the BN-recalibrated
-network), plus the reconstruction's wall time and peak memory. Writes a markdown table.
+test and validation accuracy of the pruned network after BN recalibration (20 batches of 128, what a search's
+`finish` does), after reconstruction (`autoprune.reconstruct`, 1024 training images by default) of the network as
+cut, after that and BN recalibration, and after the same 1-epoch fine-tune the quality study uses, once from the
+BN-recalibrated network and once from the re-fitted one (what a search with `--finetune-epochs` delivers), plus
+the reconstruction's wall time and peak memory. Writes a markdown table.
 
     python bench/reconstruction.py bench/runs/quality-resnet56 --model resnet56 \
         --weights ../shared/models/resnet56-cifar10jpeg.pt --data-dir ../shared/data/cifar10-jpeg.tar.gz \
@@ -54,11 +55,14 @@ def measure(plan: Plan, model: torch.nn.Module, bundle, finetune_epochs: float, 
     row["recon_peak_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024
     row["recon_layers"] = len(report.layers)
     score("recon", pruned)
+    delivered = copy.deepcopy(pruned) if finetune_epochs > 0 else None
     recalibrate_bn(pruned, recal)
     score("recon_bn", pruned)
     if finetune_epochs > 0:
         train(recalibrated, bundle, epochs=finetune_epochs, seed=0)
         score("ft", recalibrated.eval())
+        train(delivered, bundle, epochs=finetune_epochs, seed=0)  # what `--finetune-epochs` does after the re-fit
+        score("recon_ft", delivered.eval())
     return row
 
 
@@ -67,6 +71,7 @@ COLUMNS = [
     ("test_recon", "test +recon"),
     ("test_recon_bn", "test +recon +BN"),
     ("test_ft", "test +FT"),
+    ("test_recon_ft", "test +recon +FT"),
     ("val_bn", "val +BN"),
     ("val_recon", "val +recon"),
     ("val_recon_bn", "val +recon +BN"),
