@@ -8,6 +8,7 @@ place. Another recovery step slots in as one more `Stage` in the list `recovery_
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -63,6 +64,9 @@ class Stage:
     """Called as `run(model, bundle, device)`; changes `model` in place and may return metrics to report."""
     what: str = ""
     """What it does, for progress messages (e.g. "recalibrating BN statistics on 2560 training images")."""
+    verdict: str | None = None
+    """With a metric name: `recover` keeps what the stage did only where it does not lower accuracy on the
+    validation split (measured just before and after it) and otherwise undoes it and says so under this name."""
 
 
 def recalibration(
@@ -104,24 +108,24 @@ def reconstruction(original: nn.Module, kept: dict[str, dict[str, list[int]]], s
     more than 1024, bench/results/v12/refit_variants.md) and keeps the unpruned model's BN statistics, which fit
     outputs re-fitted to match the unpruned ones (re-estimating them after the re-fit was 0.5-2.1 points worse on
     the test split for the four ResNet-56 plans of bench/results/reconstruction.md). The re-fitted model replaces
-    the one it is given only if it is at least as accurate on the validation split, so the stage never lowers
-    validation accuracy; the metric `reconstruction` says which happened.
+    the one it is given only if it is at least as accurate on the validation split (`Stage.verdict`), so the stage
+    never lowers validation accuracy; the metric `reconstruction` says which happened.
     """
 
     def run(model: nn.Module, bundle: DataBundle, device: torch.device) -> dict[str, Any]:
-        val = bundle.batches("val", 500, device=device)
-        given = evaluate(model, val, device)
         calibration = calibration_batches(bundle, calibration_images(bundle.input_shape), seed, device)
         net, report = refitted(original.to(device), kept, calibration)
-        accuracy = evaluate(net, val, device)
-        done = {"reconstruction_seconds": round(report.seconds, 2), "reconstruction_layers": len(report.layers)}
-        if accuracy < given:
-            return {**done, "reconstruction": f"skipped: it lowered validation accuracy ({accuracy:.2%} < {given:.2%})"}
         model.load_state_dict(net.state_dict())
         model.eval()
-        return {**done, "reconstruction": "re-fitted"}
+        return {
+            "reconstruction_seconds": round(report.seconds, 2),
+            "reconstruction_layers": len(report.layers),
+            "reconstruction": "re-fitted",
+        }
 
-    return Stage("reconstructed", run, "re-fitting the layers (least squares on training images)")
+    return Stage(
+        "reconstructed", run, "re-fitting the layers (least squares on training images)", verdict="reconstruction"
+    )
 
 
 def finetuning(epochs: float, seed: int = 0, progress: bool = False, lr: float = 0.02) -> Stage:
@@ -187,13 +191,48 @@ def recover(
         stages = recovery_stages(recalibrate, finetune_epochs, seed, progress)
     start = time.perf_counter()
     metrics = measure(pruned, bundle, "pruned", splits, device, log)
+    previous = "pruned"
     for stage in stages:
         log(f"{stage.what or stage.name}...")
-        metrics.update(stage.run(pruned, bundle, device) or {})
-        metrics.update(measure(pruned, bundle, stage.name, splits, device, log))
+        if stage.verdict:
+            metrics.update(_run_guarded(stage, pruned, bundle, device, metrics, previous, splits, log))
+        else:
+            metrics.update(stage.run(pruned, bundle, device) or {})
+            metrics.update(measure(pruned, bundle, stage.name, splits, device, log))
+        previous = stage.name
     pruned.to(device).eval()
     metrics["recovery_seconds"] = round(time.perf_counter() - start, 2)
     return metrics
+
+
+def _run_guarded(
+    stage: Stage,
+    model: nn.Module,
+    bundle: DataBundle,
+    device: torch.device,
+    metrics: dict[str, Any],
+    previous: str,
+    splits: Sequence[str],
+    log: Log,
+) -> dict[str, Any]:
+    """Run `stage` on `model` and measure it, undoing the stage where it lowered validation accuracy below that
+    of stage `previous` (reusing the measurements in `metrics`; `Stage.verdict`)."""
+    before = metrics.get(f"val_acc_{previous}")
+    before = _val_accuracy(model, bundle, device) if before is None else before
+    state = copy.deepcopy(model.state_dict())
+    result = {**(stage.run(model, bundle, device) or {}), **measure(model, bundle, stage.name, splits, device, log)}
+    now = result.get(f"val_acc_{stage.name}")
+    now = _val_accuracy(model, bundle, device) if now is None else now
+    if now >= before:
+        return result
+    model.load_state_dict(state)
+    result.update({f"{s}_acc_{stage.name}": metrics[f"{s}_acc_{previous}"] for s in splits})
+    result[str(stage.verdict)] = f"skipped: it lowered validation accuracy ({now:.2%} < {before:.2%})"
+    return result
+
+
+def _val_accuracy(model: nn.Module, bundle: DataBundle, device: torch.device) -> float:
+    return evaluate(model, bundle.batches("val", 500, device=device), device)
 
 
 def measure(

@@ -52,3 +52,31 @@ def test_reconstruction_calibrates_on_a_bounded_number_of_pixels() -> None:
     assert calibration_images((1, 8, 8)) == 1024
     assert calibration_images((3, 64, 64)) == 256
     assert calibration_images((3, 224, 224)) == 64
+
+
+def _zero_weights(model, data, device) -> dict:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    return {"zeroing": "applied"}
+
+
+def test_a_guarded_stage_that_lowers_validation_accuracy_is_undone(cache_dir) -> None:
+    """`Stage.verdict`: the stage's weights are rolled back and its accuracies are the previous stage's."""
+    pruned, bundle = pruned_digits(cache_dir)
+    order = [*recovery_stages(recalibrate=True), Stage("zeroed", _zero_weights, verdict="zeroing")]
+    x = bundle.batches("test", 64)[0][0]
+    metrics = recover(pruned, bundle, stages=order, log=quiet)
+    assert metrics["zeroing"].startswith("skipped: it lowered validation accuracy")
+    assert metrics["val_acc_zeroed"] == metrics["val_acc_recalibrated"] > 0.5
+    assert metrics["test_acc_zeroed"] == metrics["test_acc_recalibrated"]
+    assert pruned(x).abs().sum() > 0
+    unmeasured = recover(pruned_digits(cache_dir)[0], bundle, stages=order, splits=(), log=quiet)
+    assert unmeasured["zeroing"].startswith("skipped")
+
+
+def test_a_guarded_stage_that_helps_is_kept(cache_dir) -> None:
+    pruned, bundle = pruned_digits(cache_dir)
+    metrics = recover(pruned, bundle, stages=[Stage("recal", recovery_stages()[0].run, verdict="recal")], log=quiet)
+    assert metrics["val_acc_recal"] > metrics["val_acc_pruned"] + 0.1
+    assert "recal" not in metrics
