@@ -3,7 +3,9 @@ it after each.
 
 `recover` is what both `autoprune apply` and a search's finalisation run. A stage is a `Stage`: a name (the
 metrics say `val_acc_<name>`, `test_acc_<name>`), a label for people, and a function that changes the model in
-place. Another recovery step slots in as one more `Stage` in the list `recovery_stages` returns.
+place. Another recovery step slots in as one more `Stage` in the list `recovery_stages` returns; one that may
+hurt (as the least-squares re-fit can) names a `verdict` metric, and `recover` undoes it where it lowered
+validation accuracy.
 """
 
 from __future__ import annotations
