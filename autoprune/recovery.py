@@ -219,12 +219,10 @@ def _run_guarded(
 ) -> dict[str, Any]:
     """Run `stage` on `model` and measure it, undoing the stage where it lowered validation accuracy below that
     of stage `previous` (reusing the measurements in `metrics`; `Stage.verdict`)."""
-    before = metrics.get(f"val_acc_{previous}")
-    before = _val_accuracy(model, bundle, device) if before is None else before
+    before = _validation_accuracy(model, bundle, device, metrics.get(f"val_acc_{previous}"))
     state = copy.deepcopy(model.state_dict())
     result = {**(stage.run(model, bundle, device) or {}), **measure(model, bundle, stage.name, splits, device, log)}
-    now = result.get(f"val_acc_{stage.name}")
-    now = _val_accuracy(model, bundle, device) if now is None else now
+    now = _validation_accuracy(model, bundle, device, result.get(f"val_acc_{stage.name}"))
     if now >= before:
         return result
     model.load_state_dict(state)
@@ -233,8 +231,9 @@ def _run_guarded(
     return result
 
 
-def _val_accuracy(model: nn.Module, bundle: DataBundle, device: torch.device) -> float:
-    return evaluate(model, bundle.batches("val", 500, device=device), device)
+def _validation_accuracy(model: nn.Module, bundle: DataBundle, device: torch.device, known: float | None) -> float:
+    """`known` where the validation split was measured already, else `model`'s accuracy on it (as `measure`)."""
+    return evaluate(model, bundle.batches("val", 500, device=device), device) if known is None else known
 
 
 def measure(
